@@ -1,0 +1,120 @@
+// Package embedded runs a NATS server inside the host process.
+//
+// The default server has no network listener: clients reach it through an
+// in-process pipe (nats.InProcessServer), so an app gets a message broker
+// without a port to open or a service to run. It never installs signal
+// handlers, and it logs through the host's slog.Logger.
+package embedded
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// Options configures an embedded server. The zero value is an in-process
+// server with no listener.
+type Options struct {
+	// Name identifies the server in logs and in a cluster. Default: a random
+	// id chosen by nats-server.
+	Name string
+
+	// Host and Port open a client listener, needed only when processes
+	// outside this one must reach the server (e.g. another instance's
+	// broker). Leave Host empty for no listener. Port -1 picks a free port.
+	// There is no default to all interfaces: pass "0.0.0.0" explicitly.
+	Host string
+	Port int
+
+	// Logger receives the server's logs. nats-server's notices, which are
+	// start-up chatter, are logged at Debug level. Default: no logging.
+	Logger *slog.Logger
+
+	// ReadyTimeout bounds start-up. Default 10s.
+	ReadyTimeout time.Duration
+
+	// Configure, if set, is called with the nats-server options just before
+	// the server is created: the escape hatch for settings this package does
+	// not name (TLS, authorization, limits). It must not undo NoSigs.
+	Configure func(*server.Options)
+}
+
+// Server is a running embedded NATS server.
+type Server struct {
+	ns *server.Server
+}
+
+// Start starts a server and waits until it accepts connections.
+func Start(opts Options) (*Server, error) {
+	so := &server.Options{
+		ServerName: opts.Name,
+		NoSigs:     true,
+		NoLog:      opts.Logger == nil,
+	}
+	if opts.Host == "" {
+		so.DontListen = true
+	} else {
+		so.Host, so.Port = opts.Host, opts.Port
+		if so.Port == 0 {
+			so.Port = -1 // 0 means 4222 to nats-server; a library must not squat it
+		}
+	}
+	if opts.Configure != nil {
+		opts.Configure(so)
+		so.NoSigs = true
+	}
+	ns, err := server.NewServer(so)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	if opts.Logger != nil {
+		ns.SetLogger(slogAdapter{opts.Logger}, opts.Logger.Enabled(context.Background(), slog.LevelDebug), false)
+	}
+	go ns.Start()
+	timeout := opts.ReadyTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	if !ns.ReadyForConnections(timeout) {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return nil, errors.New("embedded nats: not ready in time")
+	}
+	return &Server{ns: ns}, nil
+}
+
+// Connect returns a client connection over an in-process pipe.
+func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
+	return nats.Connect("", append([]nats.Option{nats.InProcessServer(s.ns)}, opts...)...)
+}
+
+// ClientURL returns the URL of the client listener, or "" when there is none.
+func (s *Server) ClientURL() string {
+	if s.ns.Addr() == nil {
+		return ""
+	}
+	return s.ns.ClientURL()
+}
+
+// NATS returns the underlying nats-server, for monitoring and tests.
+func (s *Server) NATS() *server.Server { return s.ns }
+
+// Shutdown stops the server and waits until all of its goroutines are done.
+func (s *Server) Shutdown() {
+	s.ns.Shutdown()
+	s.ns.WaitForShutdown()
+}
+
+type slogAdapter struct{ l *slog.Logger }
+
+func (a slogAdapter) Noticef(format string, v ...any) { a.l.Debug(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Warnf(format string, v ...any)   { a.l.Warn(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Fatalf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Errorf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Debugf(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Tracef(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }

@@ -1,0 +1,328 @@
+package pubsub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/roomcast/pubsub/internal/subject"
+	"github.com/roomcast/pubsub/internal/wire"
+)
+
+// Handler returns the http.Handler that serves clients: a WebSocket upgrade
+// request becomes a WebSocket connection, a GET that accepts
+// text/event-stream becomes an SSE stream, on the same path. Mount it behind
+// the host's own middleware; the user stored with WithUser is the
+// connection's identity. Query parameters "room" (repeatable) subscribe at
+// connect time. See PROTOCOL.md for the frames.
+func (b *Broker) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := b.Accept(w, r)
+		if err != nil {
+			return
+		}
+		_ = c.Wait()
+	})
+}
+
+// Accept turns the request into a connection, WebSocket or SSE alike, for a
+// host handler that drives it itself:
+//
+//	c, err := ps.Accept(w, r)
+//	if err != nil {
+//		return // Accept has written the HTTP error
+//	}
+//	c.Join("game:42")
+//	for msg := range c.Messages() { ... c.Send(ctx, reply) ... }
+//
+// Rooms named in the query are validated and authorized first: for SSE an
+// invalid room is a 400 and a denied one a 403 before the stream starts; for
+// WebSocket each is answered with an error frame after the upgrade. On error
+// Accept has written the response and returns nil; ErrUnsupportedTransport,
+// ErrClosed (503) and origin or upgrade failures are the possible causes.
+// The caller must then range over Messages or call Wait.
+func (b *Broker) Accept(w http.ResponseWriter, r *http.Request) (*Conn, error) {
+	ws := isWebSocket(r)
+	if !ws && !(r.Method == http.MethodGet && acceptsEventStream(r)) {
+		http.Error(w, "expected a WebSocket upgrade or a GET with Accept: text/event-stream", http.StatusBadRequest)
+		return nil, ErrUnsupportedTransport
+	}
+	b.mu.Lock()
+	closing := b.closing
+	b.mu.Unlock()
+	if closing {
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return nil, ErrClosed
+	}
+	user := UserFrom(r.Context())
+	if user != "" {
+		if err := subject.ValidUser(user); err != nil {
+			http.Error(w, "invalid user id: "+err.Error(), http.StatusBadRequest)
+			return nil, fmt.Errorf("%w: %v", ErrInvalidUser, err)
+		}
+	}
+	rooms := r.URL.Query()["room"]
+	if len(rooms) > b.cfg.maxRooms {
+		http.Error(w, ErrTooManyRooms.Error(), http.StatusBadRequest)
+		return nil, ErrTooManyRooms
+	}
+	ctx := context.WithoutCancel(r.Context())
+	if ws {
+		return b.acceptWebSocket(w, r, ctx, user, rooms)
+	}
+	return b.acceptSSE(w, r, ctx, user, rooms)
+}
+
+func (b *Broker) acceptWebSocket(w http.ResponseWriter, r *http.Request, ctx context.Context, user string, rooms []string) (*Conn, error) {
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		OriginPatterns:  b.cfg.originPatterns,
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		return nil, err // Accept wrote the response (403 for a foreign origin)
+	}
+	ws.SetReadLimit(int64(b.cfg.maxMessage))
+	c := b.newConn(ctx, user)
+	c.ws = ws
+	if err := b.start(c); err != nil {
+		_ = ws.Close(websocket.StatusCode(CloseServiceRestart), "service restart")
+		return nil, err
+	}
+	c.ping = time.AfterFunc(b.cfg.keepAlive, c.keepAlive)
+	for _, room := range rooms {
+		c.clientSubscribe(room, nil)
+	}
+	return c, nil
+}
+
+// start registers a new connection, greets it and subscribes it to its
+// user's messages.
+func (b *Broker) start(c *Conn) error {
+	if err := b.register(c); err != nil {
+		return err
+	}
+	c.reply(wire.Welcome(c.id, c.user))
+	if c.user != "" {
+		if err := c.joinUser(); err != nil {
+			b.log.Error("pubsub: subscribing user", "user", c.user, "err", err)
+			c.closeWith(CloseInternalError, "internal error", err, false)
+			c.serve(nil) // wind the connection down before returning
+			return err
+		}
+	}
+	return nil
+}
+
+// readLoop reads client frames until the connection ends.
+func (c *Conn) readLoop(yield func([]byte) bool) {
+	for {
+		typ, p, err := c.ws.Read(c.ctx)
+		if err != nil {
+			c.closeWith(CloseNormal, "", readError(err), false)
+			return
+		}
+		if typ != websocket.MessageText {
+			c.reply(wire.Error("unsupported", "binary frames are not supported", "", nil))
+			continue
+		}
+		if !c.handleFrame(p, yield) {
+			c.closeWith(CloseNormal, "", nil, true)
+			return
+		}
+	}
+}
+
+// readError maps the end of a WebSocket read to Conn.Err: nil for a normal
+// close by either side.
+func readError(err error) error {
+	switch websocket.CloseStatus(err) {
+	case websocket.StatusNormalClosure, websocket.StatusGoingAway, websocket.StatusNoStatusRcvd:
+		return nil
+	}
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return fmt.Errorf("pubsub: read: %w", err)
+}
+
+// handleFrame acts on one client frame. It returns false when the host's
+// Messages loop stopped.
+func (c *Conn) handleFrame(p []byte, yield func([]byte) bool) bool {
+	f, err := wire.ParseClientFrame(p)
+	if err != nil {
+		c.reply(wire.Error("bad_request", err.Error(), "", f.Ref))
+		return true
+	}
+	switch f.Type {
+	case "subscribe":
+		c.clientSubscribe(f.Room, f.Ref)
+	case "unsubscribe":
+		if err := subject.ValidRoom(f.Room); err != nil {
+			c.reply(wire.Error("invalid_room", "invalid room name: "+err.Error(), truncate(f.Room), f.Ref))
+			return true
+		}
+		_ = c.leave(f.Room, wire.Reply("unsubscribed", f.Room, "", f.Ref))
+	case "publish":
+		c.clientPublish(f)
+	case "send":
+		if yield == nil {
+			c.reply(wire.Error("unsupported", "this endpoint takes no send frames", "", f.Ref))
+			return true
+		}
+		data, ok := wire.CompactJSON(f.Data)
+		if !ok || len(f.Data) == 0 {
+			c.reply(wire.Error("bad_request", `"data" must be a JSON value`, "", f.Ref))
+			return true
+		}
+		return yield(data)
+	case "ping":
+		c.reply(wire.Reply("pong", "", "", f.Ref))
+	default:
+		c.reply(wire.Error("bad_request", "unknown frame type", "", f.Ref))
+	}
+	return true
+}
+
+func (c *Conn) clientSubscribe(room string, ref []byte) {
+	if err := subject.ValidRoom(room); err != nil {
+		c.reply(wire.Error("invalid_room", "invalid room name: "+err.Error(), truncate(room), ref))
+		return
+	}
+	if err := c.authorize(c.b.cfg.authSubscribe, "subscribe", room); err != nil {
+		c.reply(wire.Error("forbidden", "not allowed to subscribe to this room", room, ref))
+		return
+	}
+	switch err := c.join(room, wire.Reply("subscribed", room, "", ref)); {
+	case err == nil, errors.Is(err, ErrClosed):
+	case errors.Is(err, ErrTooManyRooms):
+		c.reply(wire.Error("too_many_rooms", fmt.Sprintf("at most %d rooms per connection", c.b.cfg.maxRooms), room, ref))
+	default:
+		c.b.log.Error("pubsub: subscribe", "room", room, "err", err)
+		c.reply(wire.Error("internal", "subscribe failed", room, ref))
+	}
+}
+
+func (c *Conn) clientPublish(f wire.ClientFrame) {
+	if c.b.cfg.authPublish == nil {
+		c.reply(wire.Error("forbidden", "client publish is disabled", truncate(f.Room), f.Ref))
+		return
+	}
+	if err := subject.ValidRoom(f.Room); err != nil {
+		c.reply(wire.Error("invalid_room", "invalid room name: "+err.Error(), truncate(f.Room), f.Ref))
+		return
+	}
+	if len(f.Data) == 0 {
+		c.reply(wire.Error("bad_request", `"data" must be a JSON value`, f.Room, f.Ref))
+		return
+	}
+	if err := c.authorize(c.b.cfg.authPublish, "publish", f.Room); err != nil {
+		c.reply(wire.Error("forbidden", "not allowed to publish to this room", f.Room, f.Ref))
+		return
+	}
+	id, err := c.b.send(c.ctx, c.b.subjects.Room(f.Room), c.user, f.Data)
+	if err != nil {
+		c.b.log.Error("pubsub: client publish", "room", f.Room, "err", err)
+		c.reply(wire.Error("internal", "publish failed", f.Room, f.Ref))
+		return
+	}
+	if len(f.Ref) > 0 {
+		c.reply(wire.Reply("published", f.Room, id, f.Ref))
+	}
+}
+
+// authorize runs hook (nil allows everything) and logs a denial.
+func (c *Conn) authorize(hook AuthorizeFunc, action, room string) error {
+	if hook == nil {
+		return nil
+	}
+	if err := hook(c.ctx, c.user, room); err != nil {
+		c.b.log.Debug("pubsub: denied", "action", action, "room", room, "user", c.user, "err", err)
+		return fmt.Errorf("%w: %v", ErrForbidden, err)
+	}
+	return nil
+}
+
+// keepAlive pings the WebSocket peer and closes the connection if it does
+// not answer in time. It runs on a timer, so an idle connection holds no
+// goroutine for it.
+func (c *Conn) keepAlive() {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.bg.Add(1)
+	c.mu.Unlock()
+	defer c.bg.Done()
+
+	ctx, cancel := context.WithTimeout(c.ctx, c.b.cfg.pongTimeout)
+	err := c.ws.Ping(ctx)
+	cancel()
+	if err != nil {
+		c.closeWith(CloseIdleTimeout, "ping timeout", ErrIdleTimeout, false)
+		return
+	}
+	c.mu.Lock()
+	if !c.closing {
+		c.ping.Reset(c.b.cfg.keepAlive)
+	}
+	c.mu.Unlock()
+}
+
+func isWebSocket(r *http.Request) bool {
+	return headerHasToken(r.Header, "Connection", "upgrade") && headerHasToken(r.Header, "Upgrade", "websocket")
+}
+
+func acceptsEventStream(r *http.Request) bool {
+	for _, v := range r.Header.Values("Accept") {
+		if strings.Contains(v, "text/event-stream") {
+			return true
+		}
+	}
+	return false
+}
+
+func headerHasToken(h http.Header, key, token string) bool {
+	for _, v := range h.Values(key) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// originAllowed applies the WebSocket origin rule to SSE: no Origin header
+// (same-origin EventSource, curl) or the request's own host passes, as does
+// a host matching a configured pattern.
+func (b *Broker) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	for _, p := range b.cfg.originPatterns {
+		target := u.Host
+		if strings.Contains(p, "://") {
+			target = u.Scheme + "://" + u.Host
+		}
+		if ok, _ := path.Match(strings.ToLower(p), strings.ToLower(target)); ok {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,239 @@
+// Package wire holds the two encodings of a message: the compact envelope
+// carried between instances on NATS, and the JSON frames sent to clients.
+package wire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"unicode/utf8"
+)
+
+// version is the first byte of every NATS payload, so that instances running
+// a later protocol can reject what they cannot read instead of misreading it.
+const version = 1
+
+var ErrPayload = errors.New("malformed payload")
+
+// Envelope is what a publisher sends on NATS. The receiving instance turns it
+// into a client frame once and shares that frame with all local connections.
+type Envelope struct {
+	ID   string // message id, assigned by the publisher
+	From string // user id of a client publisher, "" for server code
+	Data []byte // one compact JSON value
+}
+
+// AppendEnvelope appends the NATS encoding of e to dst.
+func AppendEnvelope(dst []byte, e Envelope) []byte {
+	dst = append(dst, version)
+	dst = binary.AppendUvarint(dst, uint64(len(e.ID)))
+	dst = append(dst, e.ID...)
+	dst = binary.AppendUvarint(dst, uint64(len(e.From)))
+	dst = append(dst, e.From...)
+	return append(dst, e.Data...)
+}
+
+// ParseEnvelope decodes p. The returned strings are copies; Data aliases p.
+func ParseEnvelope(p []byte) (Envelope, error) {
+	if len(p) == 0 || p[0] != version {
+		return Envelope{}, ErrPayload
+	}
+	p = p[1:]
+	id, p, ok := field(p)
+	if !ok {
+		return Envelope{}, ErrPayload
+	}
+	from, p, ok := field(p)
+	if !ok {
+		return Envelope{}, ErrPayload
+	}
+	return Envelope{ID: string(id), From: string(from), Data: p}, nil
+}
+
+func field(p []byte) (val, rest []byte, ok bool) {
+	n, w := binary.Uvarint(p)
+	if w <= 0 || n > uint64(len(p)-w) {
+		return nil, nil, false
+	}
+	return p[w : w+int(n)], p[w+int(n):], true
+}
+
+// CompactJSON returns data as one JSON value with no raw newline, which
+// frames rely on: a WebSocket frame joins messages with "\n" and an SSE
+// "data:" line ends at one. It returns false when data is not valid JSON.
+func CompactJSON(data []byte) ([]byte, bool) {
+	if !json.Valid(data) {
+		return nil, false
+	}
+	if bytes.IndexByte(data, '\n') < 0 && bytes.IndexByte(data, '\r') < 0 {
+		return data, true
+	}
+	var b bytes.Buffer
+	if err := json.Compact(&b, data); err != nil {
+		return nil, false
+	}
+	return b.Bytes(), true
+}
+
+// Frame is one server-to-client frame: a single-line JSON object shared,
+// read-only, by every connection it is queued on.
+type Frame struct {
+	ID   string // message id, for the SSE "id:" field; "" for control frames
+	JSON []byte
+}
+
+// Kinds of message frames.
+const (
+	KindRoom = iota
+	KindUser
+	KindConn
+)
+
+// MessageFrame builds the frame for a delivered message. target is the room
+// name for KindRoom and unused otherwise.
+func MessageFrame(kind int, target string, e Envelope) *Frame {
+	b := make([]byte, 0, 64+len(e.ID)+len(target)+len(e.From)+len(e.Data))
+	if kind == KindRoom {
+		b = append(b, `{"type":"message","id":`...)
+		b = AppendString(b, e.ID)
+		b = append(b, `,"room":`...)
+		b = AppendString(b, target)
+	} else {
+		b = append(b, `{"type":"direct","id":`...)
+		b = AppendString(b, e.ID)
+		if kind == KindUser {
+			b = append(b, `,"to":"user"`...)
+		} else {
+			b = append(b, `,"to":"conn"`...)
+		}
+	}
+	if e.From != "" {
+		b = append(b, `,"from":`...)
+		b = AppendString(b, e.From)
+	}
+	b = append(b, `,"data":`...)
+	b = append(b, e.Data...)
+	b = append(b, '}')
+	return &Frame{ID: e.ID, JSON: b}
+}
+
+// Control frames. Each takes the client's ref (raw JSON, may be nil).
+
+func Welcome(conn, user string) *Frame {
+	b := append([]byte(`{"type":"welcome","conn":`), AppendString(nil, conn)...)
+	if user != "" {
+		b = append(b, `,"user":`...)
+		b = AppendString(b, user)
+	}
+	return &Frame{JSON: append(b, '}')}
+}
+
+// Reply builds {"type":typ,"room":room,"id":id,"ref":ref}, omitting empty fields.
+func Reply(typ, room, id string, ref json.RawMessage) *Frame {
+	b := append([]byte(`{"type":`), AppendString(nil, typ)...)
+	if room != "" {
+		b = append(b, `,"room":`...)
+		b = AppendString(b, room)
+	}
+	if id != "" {
+		b = append(b, `,"id":`...)
+		b = AppendString(b, id)
+	}
+	b = appendRef(b, ref)
+	return &Frame{JSON: append(b, '}')}
+}
+
+// Error builds an error frame.
+func Error(code, message, room string, ref json.RawMessage) *Frame {
+	b := append([]byte(`{"type":"error","code":`), AppendString(nil, code)...)
+	b = append(b, `,"message":`...)
+	b = AppendString(b, message)
+	if room != "" {
+		b = append(b, `,"room":`...)
+		b = AppendString(b, room)
+	}
+	b = appendRef(b, ref)
+	return &Frame{JSON: append(b, '}')}
+}
+
+// Close builds the frame an SSE stream ends with, carrying what a WebSocket
+// close frame would.
+func Close(code int, reason string) *Frame {
+	b := append([]byte(`{"type":"close","code":`), strconv.Itoa(code)...)
+	b = append(b, `,"reason":`...)
+	b = AppendString(b, reason)
+	return &Frame{JSON: append(b, '}')}
+}
+
+func appendRef(b []byte, ref json.RawMessage) []byte {
+	if len(ref) == 0 {
+		return b
+	}
+	return append(append(b, `,"ref":`...), ref...)
+}
+
+// AppendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD, as
+// encoding/json does.
+func AppendString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(b, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			// Valid JSON, but line terminators to some JavaScript parsers.
+			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xf])
+		default:
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}
+
+// ClientFrame is a frame sent by a WebSocket client.
+type ClientFrame struct {
+	Type string          `json:"type"`
+	Room string          `json:"room"`
+	Data json.RawMessage `json:"data"`
+	Ref  json.RawMessage `json:"ref"`
+}
+
+// MaxRefLen bounds the client's correlation token, which is echoed back.
+const MaxRefLen = 64
+
+// ParseClientFrame decodes one client frame. A ref that is not a short string
+// or number is dropped and reported, so it is never echoed back malformed.
+func ParseClientFrame(p []byte) (ClientFrame, error) {
+	var f ClientFrame
+	if err := json.Unmarshal(p, &f); err != nil {
+		return ClientFrame{}, errors.New("frame is not a JSON object")
+	}
+	if len(f.Ref) > 0 {
+		if len(f.Ref) > MaxRefLen || !(f.Ref[0] == '"' || f.Ref[0] == '-' || f.Ref[0] >= '0' && f.Ref[0] <= '9') {
+			f.Ref = nil
+			return f, errors.New(`"ref" must be a string or number of at most 64 bytes`)
+		}
+	}
+	if f.Type == "" {
+		return f, errors.New(`frame has no "type"`)
+	}
+	return f, nil
+}

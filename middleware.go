@@ -1,0 +1,49 @@
+package pubsub
+
+import (
+	"context"
+	"net/http"
+)
+
+type userKey struct{}
+
+// WithUser returns a copy of ctx in which the connection's user is user.
+// Call it in the host's own authentication middleware, before the request
+// reaches Handler or Accept:
+//
+//	next.ServeHTTP(w, r.WithContext(pubsub.WithUser(r.Context(), session.UserID)))
+//
+// A connection keeps the whole request context (minus its cancellation) for
+// its lifetime, so any other value the middleware stored is visible to
+// authorization hooks too.
+func WithUser(ctx context.Context, user string) context.Context {
+	return context.WithValue(ctx, userKey{}, user)
+}
+
+// UserFrom returns the user stored by WithUser, or "" for an anonymous
+// request. Authorization hooks receive the user directly; UserFrom is for the
+// host's own code.
+func UserFrom(ctx context.Context) string {
+	u, _ := ctx.Value(userKey{}).(string)
+	return u
+}
+
+// Identify returns middleware that names the user of each request with
+// identify, for hosts whose authentication already keeps the user under a
+// context key of its own:
+//
+//	mux.Handle("/live", auth(pubsub.Identify(func(r *http.Request) string {
+//		return r.Context().Value(currentUserKey).(*User).ID
+//	})(ps.Handler())))
+//
+// An empty result leaves the request anonymous.
+func Identify(identify func(r *http.Request) string) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if u := identify(r); u != "" {
+				r = r.WithContext(WithUser(r.Context(), u))
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
