@@ -296,7 +296,12 @@ func (c *Conn) writeLoop() {
 		if batch == nil {
 			if closing {
 				code, reason := c.closeInfo()
+				// A peer that does not answer the close frame (dead, or not
+				// reading) is cut off: cancelling the context the reader
+				// reads with closes the socket.
+				force := time.AfterFunc(closeHandshakeTimeout, c.cancel)
 				_ = c.ws.Close(websocket.StatusCode(code), reason)
+				force.Stop()
 				return
 			}
 			c.mu.Lock()
@@ -316,6 +321,10 @@ func (c *Conn) writeLoop() {
 		}
 	}
 }
+
+// closeHandshakeTimeout bounds how long a closing WebSocket waits for the
+// peer's close frame.
+const closeHandshakeTimeout = 2 * time.Second
 
 // maxBatchBytes caps a joined WebSocket message. Joining saves a syscall and
 // a frame header per message; the cap keeps one write short.
