@@ -1,0 +1,168 @@
+package pubsub_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+
+	"github.com/coder/websocket"
+
+	"github.com/roomcast/pubsub"
+)
+
+// requireLogin stands for the host's own authentication middleware.
+func requireLogin(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user := r.Header.Get("X-Demo-User") // a real app reads its session cookie
+		if user == "" {
+			http.Error(w, "login required", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(pubsub.WithUser(r.Context(), user)))
+	})
+}
+
+// dial connects a WebSocket client, as a browser's `new WebSocket(url)`
+// would, and skips the frames that precede messages.
+func dial(ctx context.Context, srv *httptest.Server, user, query string, skip int) *websocket.Conn {
+	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "/live" + query
+	c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: http.Header{"X-Demo-User": {user}}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for range skip {
+		_, _, _ = c.Read(ctx)
+	}
+	return c
+}
+
+// show prints the stable fields of the next frame (ids are random).
+func show(ctx context.Context, c *websocket.Conn) {
+	_, p, err := c.Read(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	var f struct {
+		Type, Room, To, From string
+		Data                 json.RawMessage
+	}
+	_ = json.Unmarshal(p, &f)
+	fmt.Printf("%s room=%q to=%q from=%q data=%s\n", f.Type, f.Room, f.To, f.From, f.Data)
+}
+
+// Mount the handler behind the host's middleware and publish from Go code.
+func Example() {
+	ctx := context.Background()
+	ps, err := pubsub.New()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ps.Close()
+	mux := http.NewServeMux()
+	mux.Handle("/live", requireLogin(ps.Handler()))
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	c := dial(ctx, srv, "alice", "?room=lobby", 2) // welcome, subscribed
+	defer c.CloseNow()
+
+	_ = ps.Publish(ctx, "lobby", []byte(`{"text":"hi"}`))
+	show(ctx, c)
+	// Output: message room="lobby" to="" from="" data={"text":"hi"}
+}
+
+// SendToUser reaches every connection of one user, on any instance.
+func ExampleBroker_SendToUser() {
+	ctx := context.Background()
+	ps, _ := pubsub.New()
+	defer ps.Close()
+	mux := http.NewServeMux()
+	mux.Handle("/live", requireLogin(ps.Handler()))
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	tab1 := dial(ctx, srv, "alice", "", 1)
+	tab2 := dial(ctx, srv, "alice", "", 1)
+	defer tab1.CloseNow()
+	defer tab2.CloseNow()
+
+	_ = ps.SendToUser(ctx, "alice", []byte(`{"unread":3}`))
+	show(ctx, tab1)
+	show(ctx, tab2)
+	// Output:
+	// direct room="" to="user" from="" data={"unread":3}
+	// direct room="" to="user" from="" data={"unread":3}
+}
+
+// A host route can drive a connection itself, WebSocket and SSE alike.
+func ExampleBroker_Accept() {
+	ctx := context.Background()
+	ps, _ := pubsub.New()
+	defer ps.Close()
+	mux := http.NewServeMux()
+	mux.Handle("/live", requireLogin(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, err := ps.Accept(w, r)
+		if err != nil {
+			return // Accept wrote the HTTP error
+		}
+		_ = conn.Join("game:42")
+		for msg := range conn.Messages() { // "send" frames from the client
+			reply := fmt.Sprintf(`{"player":%q,"move":%s}`, conn.User(), msg)
+			_ = ps.Publish(conn.Context(), "game:42", []byte(reply))
+		}
+	})))
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	c := dial(ctx, srv, "bob", "", 2) // welcome, subscribed game:42
+	defer c.CloseNow()
+	_ = c.Write(ctx, websocket.MessageText, []byte(`{"type":"send","data":"e4"}`))
+	show(ctx, c)
+	// Output: message room="game:42" to="" from="" data={"player":"bob","move":"e4"}
+}
+
+// Identify adapts a host whose authentication keeps its own user type in
+// the request context.
+func ExampleIdentify() {
+	type account struct{ ID string }
+	type accountKey struct{}
+	hostAuth := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			acct := &account{ID: "carol"} // from the host's session store
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), accountKey{}, acct)))
+		})
+	}
+	identify := pubsub.Identify(func(r *http.Request) string {
+		if a, ok := r.Context().Value(accountKey{}).(*account); ok {
+			return a.ID
+		}
+		return ""
+	})
+	h := hostAuth(identify(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Println("user:", pubsub.UserFrom(r.Context()))
+	})))
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/live", nil))
+	// Output: user: carol
+}
+
+// Authorization hooks see the connection's user and the host's context.
+func ExampleWithSubscribeAuth() {
+	ps, _ := pubsub.New(
+		pubsub.WithSubscribeAuth(func(ctx context.Context, user, room string) error {
+			if strings.HasPrefix(room, "user:") && room != "user:"+user {
+				return fmt.Errorf("%s may not read %s", user, room)
+			}
+			return nil
+		}),
+		pubsub.WithClientPublish(func(ctx context.Context, user, room string) error {
+			return nil // any logged-in client may publish to rooms it can name
+		}),
+	)
+	defer ps.Close()
+	fmt.Println("ready")
+	// Output: ready
+}
