@@ -1,9 +1,13 @@
 package pubsub
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"path"
@@ -26,6 +30,13 @@ func (b *Broker) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := b.Accept(w, r)
 		if err != nil {
+			return
+		}
+		if c.ws != nil {
+			// A hijacked connection outlives its handler. Reading in a new
+			// goroutine lets net/http free the request, the response and
+			// this goroutine's deep stack: a third of an idle connection.
+			go c.serve(nil)
 			return
 		}
 		_ = c.Wait()
@@ -81,7 +92,7 @@ func (b *Broker) Accept(w http.ResponseWriter, r *http.Request) (*Conn, error) {
 }
 
 func (b *Broker) acceptWebSocket(w http.ResponseWriter, r *http.Request, ctx context.Context, user string, rooms []string) (*Conn, error) {
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	ws, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{
 		OriginPatterns:  b.cfg.originPatterns,
 		CompressionMode: websocket.CompressionDisabled,
 	})
@@ -100,6 +111,40 @@ func (b *Broker) acceptWebSocket(w http.ResponseWriter, r *http.Request, ctx con
 		c.clientSubscribe(room, nil)
 	}
 	return c, nil
+}
+
+// Buffer sizes of a WebSocket connection. net/http hands a hijacker 4 KiB
+// for each direction, kept for the connection's life: most of an idle
+// connection's memory. Client frames are small; a server frame larger than
+// the write buffer costs one more write call (frames are joined under load,
+// so such frames are large anyway).
+var (
+	wsReadBuffer  = 512
+	wsWriteBuffer = 2048
+)
+
+// smallBuffers makes websocket.Accept hijack with smaller buffers.
+type smallBuffers struct{ http.ResponseWriter }
+
+func (w smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := brw.Writer.Flush(); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	// Bytes the client sent right after its request must stay in the new
+	// reader's buffer: websocket.Accept takes them from there.
+	early, _ := brw.Reader.Peek(brw.Reader.Buffered())
+	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(early)), conn), max(wsReadBuffer, len(early)))
+	if len(early) > 0 {
+		_, _ = br.Peek(len(early))
+	}
+	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(conn, wsWriteBuffer)), nil
 }
 
 // start registers a new connection, greets it and subscribes it to its
