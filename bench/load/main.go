@@ -437,8 +437,23 @@ func dialAll(c config, addr string, st *state) ([]*subscriber, int) {
 	return conns, errs
 }
 
+// dialer binds extra source addresses without choosing a port at bind
+// time (IP_BIND_ADDRESS_NO_PORT), so ports in TIME_WAIT from earlier runs
+// do not run the range out.
 func dialer(src net.IP) *net.Dialer {
-	return &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: src}}
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	if !src.Equal(net.IPv4(127, 0, 0, 1)) {
+		d.LocalAddr = &net.TCPAddr{IP: src}
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, 24, 1) })
+			if err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	return d
 }
 
 // dialWS is a minimal WebSocket client: the handshake, then a reader that
