@@ -26,31 +26,49 @@ func requireLogin(next http.Handler) http.Handler {
 	})
 }
 
-// dial connects a WebSocket client, as a browser's `new WebSocket(url)`
-// would, and skips the frames that precede messages.
-func dial(ctx context.Context, srv *httptest.Server, user, query string, skip int) *websocket.Conn {
+// client is a WebSocket client, as a browser's `new WebSocket(url)` would
+// be. One WebSocket message may hold several frames, one per line.
+type client struct {
+	c       *websocket.Conn
+	pending []string
+}
+
+// dial connects and skips the frames that precede messages.
+func dial(ctx context.Context, srv *httptest.Server, user, query string, skip int) *client {
 	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "/live" + query
 	c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: http.Header{"X-Demo-User": {user}}})
 	if err != nil {
 		log.Fatal(err)
 	}
+	cl := &client{c: c}
 	for range skip {
-		_, _, _ = c.Read(ctx)
+		cl.next(ctx)
 	}
-	return c
+	return cl
 }
 
-// show prints the stable fields of the next frame (ids are random).
-func show(ctx context.Context, c *websocket.Conn) {
-	_, p, err := c.Read(ctx)
-	if err != nil {
-		log.Fatal(err)
+func (cl *client) next(ctx context.Context) string {
+	if len(cl.pending) == 0 {
+		_, p, err := cl.c.Read(ctx)
+		if err != nil {
+			log.Fatal(err)
+		}
+		cl.pending = strings.Split(string(p), "\n")
 	}
+	line := cl.pending[0]
+	cl.pending = cl.pending[1:]
+	return line
+}
+
+func (cl *client) CloseNow() { _ = cl.c.CloseNow() }
+
+// show prints the stable fields of the next frame (ids are random).
+func show(ctx context.Context, cl *client) {
 	var f struct {
 		Type, Room, To, From string
 		Data                 json.RawMessage
 	}
-	_ = json.Unmarshal(p, &f)
+	_ = json.Unmarshal([]byte(cl.next(ctx)), &f)
 	fmt.Printf("%s room=%q to=%q from=%q data=%s\n", f.Type, f.Room, f.To, f.From, f.Data)
 }
 
@@ -120,7 +138,7 @@ func ExampleBroker_Accept() {
 
 	c := dial(ctx, srv, "bob", "", 2) // welcome, subscribed game:42
 	defer c.CloseNow()
-	_ = c.Write(ctx, websocket.MessageText, []byte(`{"type":"send","data":"e4"}`))
+	_ = c.c.Write(ctx, websocket.MessageText, []byte(`{"type":"send","data":"e4"}`))
 	show(ctx, c)
 	// Output: message room="game:42" to="" from="" data={"player":"bob","move":"e4"}
 }

@@ -444,20 +444,25 @@ func (b *Broker) dispatch() {
 		if t == nil || t.sub != m.Sub {
 			continue // unsubscribed while the message was queued
 		}
-		f := wire.MessageFrame(t.kind, t.name, env)
-		t.mu.RLock()
-		for c := range t.members {
-			if !c.enqueue(f) {
-				slow = append(slow, c)
-			}
-		}
-		t.mu.RUnlock()
-		for i, c := range slow {
-			c.closeSlow()
-			slow[i] = nil
-		}
-		slow = slow[:0]
+		slow = t.fanout(wire.MessageFrame(t.kind, t.name, env), slow)
 	}
+}
+
+// fanout queues f on every member of t, then closes the members whose
+// queue was full. slow is scratch space, returned for reuse.
+func (t *topic) fanout(f *wire.Frame, slow []*Conn) []*Conn {
+	t.mu.RLock()
+	for c := range t.members {
+		if !c.enqueue(f) {
+			slow = append(slow, c)
+		}
+	}
+	t.mu.RUnlock()
+	for i, c := range slow {
+		c.closeSlow() // outside the topic lock: closing leaves topics
+		slow[i] = nil
+	}
+	return slow[:0]
 }
 
 func (b *Broker) deliverToConn(subj string, env wire.Envelope) {

@@ -99,13 +99,18 @@ func TestChatEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ws.CloseNow()
+	var pending []string // one WebSocket message may hold several frames
 	readWS := func() frame {
-		_, p, err := ws.Read(ctx)
-		if err != nil {
-			t.Fatal(err)
+		if len(pending) == 0 {
+			_, p, err := ws.Read(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pending = strings.Split(string(p), "\n")
 		}
 		var f frame
-		_ = json.Unmarshal([]byte(strings.Split(string(p), "\n")[0]), &f)
+		_ = json.Unmarshal([]byte(pending[0]), &f)
+		pending = pending[1:]
 		return f
 	}
 	if f := readWS(); f.Type != "welcome" {
