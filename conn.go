@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"net"
 	"sync"
 	"time"
 
@@ -33,14 +34,15 @@ var ErrIdleTimeout = errors.New("pubsub: keep-alive timeout")
 // from Broker.Accept; connections served by Broker.Handler are managed by the
 // broker. Conn's methods are safe for concurrent use.
 type Conn struct {
-	b      *Broker
-	id     string
-	user   string
-	ctx    context.Context
-	cancel context.CancelFunc
-	ws     *websocket.Conn // nil for SSE
-	sse    *sseStream      // nil for WebSocket
-	ping   *time.Timer     // WebSocket keep-alive
+	b       *Broker
+	id      string
+	user    string
+	ctx     context.Context
+	cancel  context.CancelFunc
+	ws      *websocket.Conn // nil for SSE
+	netConn net.Conn        // the WebSocket's socket, for write deadlines
+	sse     *sseStream      // nil for WebSocket
+	ping    *time.Timer     // keep-alive of a WebSocket or a hijacked SSE stream
 
 	mu          sync.Mutex
 	rooms       map[string]*topic
@@ -236,7 +238,7 @@ func (c *Conn) enqueueLocked(f *wire.Frame) (ok, startWriter bool) {
 // wakes the stream's loop, for WebSocket it reports whether the caller must
 // start a writer goroutine (there is at most one, and none while idle).
 func (c *Conn) kickLocked() (startWriter bool) {
-	if c.sse != nil {
+	if c.sse != nil && c.sse.conn == nil {
 		select {
 		case c.sse.wake <- struct{}{}:
 		default:
@@ -285,23 +287,17 @@ func (c *Conn) closeInfo() (code int, reason string) {
 	return c.closeCode, c.closeReason
 }
 
-// writeLoop is the WebSocket writer: it drains the queue, joining queued
-// frames into one WebSocket message, and exits when the queue is empty. On a
-// closing connection it writes the close frame last and stays marked as
-// running, so no other writer starts.
+// writeLoop is the writer of a WebSocket or a hijacked SSE stream: it
+// drains the queue, joining queued frames into one write, and exits when the
+// queue is empty. On a closing connection it writes the close frame last and
+// stays marked as running, so no other writer starts.
 func (c *Conn) writeLoop() {
 	defer c.bg.Done()
 	for {
 		batch, closing := c.takeQueue()
 		if batch == nil {
 			if closing {
-				code, reason := c.closeInfo()
-				// A peer that does not answer the close frame (dead, or not
-				// reading) is cut off: cancelling the context the reader
-				// reads with closes the socket.
-				force := time.AfterFunc(closeHandshakeTimeout, c.cancel)
-				_ = c.ws.Close(websocket.StatusCode(code), reason)
-				force.Stop()
+				c.writeClose()
 				return
 			}
 			c.mu.Lock()
@@ -313,13 +309,33 @@ func (c *Conn) writeLoop() {
 			c.mu.Unlock()
 			return
 		}
-		err := c.writeWS(batch)
+		var err error
+		if c.ws != nil {
+			err = c.writeWS(batch)
+		} else {
+			err = c.sse.writeConn(c, batch)
+		}
 		c.returnBatch(batch)
 		if err != nil {
 			c.closeWith(CloseInternalError, "write failed", fmt.Errorf("pubsub: write: %w", err), false)
-			_ = c.ws.CloseNow()
+			c.abortTransport()
 		}
 	}
+}
+
+// writeClose ends the transport with the close code.
+func (c *Conn) writeClose() {
+	code, reason := c.closeInfo()
+	if c.ws == nil {
+		_ = c.sse.writeConn(c, []*wire.Frame{wire.Close(code, reason)})
+		_ = c.sse.conn.Close()
+		return
+	}
+	// A peer that does not answer the close frame (dead, or not reading) is
+	// cut off: cancelling the context the reader reads with closes the socket.
+	force := time.AfterFunc(closeHandshakeTimeout, c.cancel)
+	_ = c.ws.Close(websocket.StatusCode(code), reason)
+	force.Stop()
 }
 
 // closeHandshakeTimeout bounds how long a closing WebSocket waits for the
@@ -333,8 +349,11 @@ const maxBatchBytes = 64 << 10
 var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, maxBatchBytes); return &b }}
 
 func (c *Conn) writeWS(batch []*wire.Frame) error {
-	ctx, cancel := context.WithTimeout(c.ctx, c.b.cfg.writeTimeout)
-	defer cancel()
+	// The deadline is on the socket, and cleared after, so that the
+	// library's own control frames (pongs, close) never meet a stale one.
+	ctx := context.Background()
+	_ = c.netConn.SetWriteDeadline(time.Now().Add(c.b.cfg.writeTimeout))
+	defer c.netConn.SetWriteDeadline(time.Time{})
 	if len(batch) == 1 {
 		return c.ws.Write(ctx, websocket.MessageText, batch[0].JSON)
 	}
@@ -383,6 +402,9 @@ func (c *Conn) closeWith(code int, reason string, err error, drain bool) {
 	if start {
 		go c.writeLoop()
 	}
+	if c.sse != nil && c.sse.conn != nil {
+		go c.finish() // no handler goroutine drives a hijacked SSE stream
+	}
 	if c.ping != nil {
 		c.ping.Stop()
 	}
@@ -403,6 +425,10 @@ func (c *Conn) closeSlow() {
 // abort closes the transport at once, unblocking any write in progress.
 func (c *Conn) abort() {
 	c.closeWith(CloseServiceRestart, "service restart", ErrClosed, false)
+	c.abortTransport()
+}
+
+func (c *Conn) abortTransport() {
 	if c.ws != nil {
 		_ = c.ws.CloseNow()
 	} else {

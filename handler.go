@@ -26,20 +26,35 @@ import (
 // the host's own middleware; the user stored with WithUser is the
 // connection's identity. Query parameters "room" (repeatable) subscribe at
 // connect time. See PROTOCOL.md for the frames.
+//
+// The same handler serves the browser client at <mount>/client.js (and
+// client.d.ts) when it is mounted for that subtree too (e.g. "/live/"), and
+// answers HEAD with 204: a client whose connection failed can tell "not
+// allowed" (the host's 401 or 403) from "network down".
 func (b *Broker) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := b.Accept(w, r)
+		if serveClientFile(w, r) {
+			return
+		}
+		if r.Method == http.MethodHead {
+			w.Header().Set("Cache-Control", "no-store")
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		c, err := b.accept(w, r, true)
 		if err != nil {
 			return
 		}
-		if c.ws != nil {
+		switch {
+		case c.ws != nil:
 			// A hijacked connection outlives its handler. Reading in a new
 			// goroutine lets net/http free the request, the response and
 			// this goroutine's deep stack: a third of an idle connection.
 			go c.serve(nil)
-			return
+		case c.sse.conn == nil: // HTTP/2: the handler must stay to stream
+			_ = c.Wait()
 		}
-		_ = c.Wait()
+		// A hijacked SSE stream needs no goroutine at all while idle.
 	})
 }
 
@@ -60,6 +75,12 @@ func (b *Broker) Handler() http.Handler {
 // ErrClosed (503) and origin or upgrade failures are the possible causes.
 // The caller must then range over Messages or call Wait.
 func (b *Broker) Accept(w http.ResponseWriter, r *http.Request) (*Conn, error) {
+	return b.accept(w, r, false)
+}
+
+// accept is Accept; detached lets an HTTP/1.x SSE stream be hijacked, for
+// the broker's own handler, which does not drive its connections.
+func (b *Broker) accept(w http.ResponseWriter, r *http.Request, detached bool) (*Conn, error) {
 	ws := isWebSocket(r)
 	if !ws && !(r.Method == http.MethodGet && acceptsEventStream(r)) {
 		http.Error(w, "expected a WebSocket upgrade or a GET with Accept: text/event-stream", http.StatusBadRequest)
@@ -88,11 +109,12 @@ func (b *Broker) Accept(w http.ResponseWriter, r *http.Request) (*Conn, error) {
 	if ws {
 		return b.acceptWebSocket(w, r, ctx, user, rooms)
 	}
-	return b.acceptSSE(w, r, ctx, user, rooms)
+	return b.acceptSSE(w, r, ctx, user, rooms, detached)
 }
 
 func (b *Broker) acceptWebSocket(w http.ResponseWriter, r *http.Request, ctx context.Context, user string, rooms []string) (*Conn, error) {
-	ws, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{
+	hj := &smallBuffers{ResponseWriter: w}
+	ws, err := websocket.Accept(hj, r, &websocket.AcceptOptions{
 		OriginPatterns:  b.cfg.originPatterns,
 		CompressionMode: websocket.CompressionDisabled,
 	})
@@ -101,12 +123,12 @@ func (b *Broker) acceptWebSocket(w http.ResponseWriter, r *http.Request, ctx con
 	}
 	ws.SetReadLimit(int64(b.cfg.maxMessage))
 	c := b.newConn(ctx, user)
-	c.ws = ws
+	c.ws, c.netConn = ws, hj.conn
+	c.ping = time.AfterFunc(b.cfg.keepAlive, c.keepAlive)
 	if err := b.start(c); err != nil {
 		_ = ws.Close(websocket.StatusCode(CloseServiceRestart), "service restart")
 		return nil, err
 	}
-	c.ping = time.AfterFunc(b.cfg.keepAlive, c.keepAlive)
 	for _, room := range rooms {
 		c.clientSubscribe(room, nil)
 	}
@@ -123,16 +145,22 @@ var (
 	wsWriteBuffer = 2048
 )
 
-// smallBuffers makes websocket.Accept hijack with smaller buffers.
-type smallBuffers struct{ http.ResponseWriter }
+// smallBuffers makes websocket.Accept hijack with smaller buffers, and
+// keeps the net.Conn: write deadlines set on it cost no allocation, where a
+// context per write costs several.
+type smallBuffers struct {
+	http.ResponseWriter
+	conn net.Conn
+}
 
-func (w smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+func (w *smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil {
 		return nil, nil, err
 	}
+	w.conn = conn
 	if err := brw.Writer.Flush(); err != nil {
 		conn.Close()
 		return nil, nil, err
@@ -151,6 +179,9 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // user's messages.
 func (b *Broker) start(c *Conn) error {
 	if err := b.register(c); err != nil {
+		if c.ping != nil {
+			c.ping.Stop()
+		}
 		return err
 	}
 	c.reply(wire.Welcome(c.id, c.user))
@@ -295,8 +326,9 @@ func (c *Conn) authorize(hook AuthorizeFunc, action, room string) error {
 }
 
 // keepAlive pings the WebSocket peer and closes the connection if it does
-// not answer in time. It runs on a timer, so an idle connection holds no
-// goroutine for it.
+// not answer in time; on a hijacked SSE stream it checks that the client is
+// still there and sends a comment line. It runs on a timer, so an idle
+// connection holds no goroutine for it.
 func (c *Conn) keepAlive() {
 	c.mu.Lock()
 	if c.closing {
@@ -307,11 +339,15 @@ func (c *Conn) keepAlive() {
 	c.mu.Unlock()
 	defer c.bg.Done()
 
-	ctx, cancel := context.WithTimeout(c.ctx, c.b.cfg.pongTimeout)
-	err := c.ws.Ping(ctx)
-	cancel()
-	if err != nil {
-		c.closeWith(CloseIdleTimeout, "ping timeout", ErrIdleTimeout, false)
+	if c.ws != nil {
+		ctx, cancel := context.WithTimeout(c.ctx, c.b.cfg.pongTimeout)
+		err := c.ws.Ping(ctx)
+		cancel()
+		if err != nil {
+			c.closeWith(CloseIdleTimeout, "ping timeout", ErrIdleTimeout, false)
+			return
+		}
+	} else if !c.sse.keepAlive(c) {
 		return
 	}
 	c.mu.Lock()

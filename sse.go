@@ -1,8 +1,11 @@
 package pubsub
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -14,17 +17,34 @@ import (
 // sseRetryMillis is the reconnection delay an EventSource is told to use.
 const sseRetryMillis = 2000
 
-// sseStream is the SSE side of a Conn. The handler goroutine is its writer:
-// an SSE response must be written by the handler that owns it.
+// sseStream is the SSE side of a Conn, in one of two shapes.
+//
+// Driven: the handler goroutine is the writer (an SSE response must be
+// written by the handler that owns it) and waits on wake; used by Accept,
+// whose caller drives the connection, and over HTTP/2.
+//
+// Hijacked (conn != nil): the broker's own handler takes the HTTP/1.x
+// connection over, writes the response head itself and delimits the body
+// by closing the connection. Then, like a WebSocket, it has a writer
+// goroutine only while there is something to write, one write call per
+// batch, and no goroutine at all while idle.
 type sseStream struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
 	reqDone <-chan struct{}
 	wake    chan struct{}
 	aborted atomic.Bool
+
+	conn net.Conn // hijacked
 }
 
-func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.Context, user string, rooms []string) (*Conn, error) {
+var sseHeaders = http.Header{
+	"Content-Type":      {"text/event-stream"},
+	"Cache-Control":     {"no-cache"},
+	"X-Accel-Buffering": {"no"}, // nginx must not buffer the stream
+}
+
+func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.Context, user string, rooms []string, detached bool) (*Conn, error) {
 	if !b.originAllowed(r) {
 		http.Error(w, "origin not allowed", http.StatusForbidden)
 		return nil, fmt.Errorf("%w: origin %q", ErrForbidden, truncate(r.Header.Get("Origin")))
@@ -42,19 +62,31 @@ func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.C
 	}
 	s := &sseStream{w: w, rc: http.NewResponseController(w), reqDone: r.Context().Done(), wake: make(chan struct{}, 1)}
 	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no") // nginx must not buffer the stream
-	w.WriteHeader(http.StatusOK)
-	_ = s.rc.SetWriteDeadline(time.Now().Add(b.cfg.writeTimeout))
-	if _, err := fmt.Fprintf(w, "retry: %d\n\n", sseRetryMillis); err != nil {
-		return nil, err
+	for k, v := range sseHeaders {
+		h[k] = v
 	}
-	if err := s.rc.Flush(); err != nil {
-		return nil, fmt.Errorf("pubsub: SSE needs a flushable ResponseWriter: %w", err)
+	if detached && r.ProtoMajor == 1 {
+		if err := s.hijack(r, b.cfg.writeTimeout); err != nil {
+			return nil, err
+		}
+	} else {
+		w.WriteHeader(http.StatusOK)
+		_ = s.rc.SetWriteDeadline(time.Now().Add(b.cfg.writeTimeout))
+		if _, err := fmt.Fprintf(w, "retry: %d\n\n", sseRetryMillis); err != nil {
+			return nil, err
+		}
+		if err := s.rc.Flush(); err != nil {
+			return nil, fmt.Errorf("pubsub: SSE needs a flushable ResponseWriter: %w", err)
+		}
 	}
 	c.sse = s
+	if s.conn != nil {
+		c.ping = time.AfterFunc(b.cfg.keepAlive, c.keepAlive)
+	}
 	if err := b.start(c); err != nil {
+		if s.conn != nil {
+			_ = s.conn.Close()
+		}
 		return nil, err
 	}
 	for _, room := range rooms {
@@ -114,6 +146,10 @@ func (s *sseStream) write(c *Conn, frames ...*wire.Frame) error {
 		buf = append(buf, ":\n\n"...)
 	}
 	for _, f := range frames {
+		if f == keepAliveFrame {
+			buf = append(buf, ":\n\n"...)
+			continue
+		}
 		if f.ID != "" {
 			buf = append(buf, "id: "...)
 			buf = append(buf, f.ID...)
@@ -126,6 +162,10 @@ func (s *sseStream) write(c *Conn, frames ...*wire.Frame) error {
 	if cap(buf) <= 2*maxBatchBytes {
 		*bp = buf[:0]
 	}
+	if s.conn != nil {
+		_, err := s.conn.Write(buf)
+		return err
+	}
 	_ = s.rc.SetWriteDeadline(time.Now().Add(c.b.cfg.writeTimeout))
 	if _, err := s.w.Write(buf); err != nil {
 		return err
@@ -136,5 +176,67 @@ func (s *sseStream) write(c *Conn, frames ...*wire.Frame) error {
 // abort makes a write in progress fail now.
 func (s *sseStream) abort() {
 	s.aborted.Store(true)
+	if s.conn != nil {
+		_ = s.conn.Close()
+		return
+	}
 	_ = s.rc.SetWriteDeadline(time.Now())
+}
+
+// hijack takes the connection over and writes the response head, with the
+// headers the host's middleware set (cookies, CORS) and "Connection: close",
+// which delimits the body without chunked encoding.
+func (s *sseStream) hijack(r *http.Request, timeout time.Duration) error {
+	h := s.w.Header().Clone()
+	conn, _, err := s.rc.Hijack()
+	if errors.Is(err, http.ErrNotSupported) {
+		return nil // stay driven
+	}
+	if err != nil {
+		return err
+	}
+	h.Del("Content-Length")
+	h.Del("Transfer-Encoding")
+	h.Set("Connection", "close")
+	var head bytes.Buffer
+	fmt.Fprintf(&head, "HTTP/%d.%d 200 OK\r\n", r.ProtoMajor, r.ProtoMinor)
+	_ = h.Write(&head)
+	fmt.Fprintf(&head, "\r\nretry: %d\n\n", sseRetryMillis)
+	_ = conn.SetWriteDeadline(time.Now().Add(timeout))
+	if _, err := conn.Write(head.Bytes()); err != nil {
+		conn.Close()
+		return err
+	}
+	_ = conn.SetWriteDeadline(time.Time{})
+	s.conn = conn
+	return nil
+}
+
+// writeConn writes a batch to a hijacked stream: one write call.
+func (s *sseStream) writeConn(c *Conn, batch []*wire.Frame) error {
+	_ = s.conn.SetWriteDeadline(time.Now().Add(c.b.cfg.writeTimeout))
+	return s.write(c, batch...)
+}
+
+// keepAliveFrame is queued on an idle hijacked stream: a comment line.
+var keepAliveFrame = &wire.Frame{}
+
+// keepAlive checks that the client of a hijacked stream is still there (it
+// never sends anything, so a read that ends means it left) and queues a
+// comment that keeps proxies from timing the stream out. It reports whether
+// the connection is still open.
+func (s *sseStream) keepAlive(c *Conn) bool {
+	var buf [64]byte
+	_ = s.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
+	_, err := s.conn.Read(buf[:])
+	var ne net.Error
+	if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+		c.closeWith(CloseNormal, "", nil, false) // the client went away
+		return false
+	}
+	if !c.enqueue(keepAliveFrame) {
+		c.closeSlow()
+		return false
+	}
+	return true
 }

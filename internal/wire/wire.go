@@ -214,6 +214,9 @@ type ClientFrame struct {
 	Room string          `json:"room"`
 	Data json.RawMessage `json:"data"`
 	Ref  json.RawMessage `json:"ref"`
+	// LastID is the id of the last message of Room the client has, for a
+	// server with history to resume from. Without history it is ignored.
+	LastID string `json:"last_id"`
 }
 
 // MaxRefLen bounds the client's correlation token, which is echoed back.

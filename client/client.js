@@ -1,0 +1,242 @@
+// roomcast/pubsub browser client. No dependencies; served by the Go handler
+// at <mount>/client.js, or copy this file into any front end.
+//
+//   import { connect } from "/live/client.js";
+//   const live = connect("/live");
+//   const off = live.subscribe("lobby", (data, msg) => console.log(data, msg.from));
+//   live.on("direct", (data) => console.log("for me:", data));
+//   live.on("state", (s) => console.log(s)); // connecting | open | closed
+//   await live.publish("lobby", { text: "hi" }); // if the server allows it
+//
+// WebSocket first; EventSource (receive-only) when WebSocket cannot connect,
+// or always with { transport: "sse" }. Reconnects with exponential backoff and
+// full jitter, resubscribes, and sends the last message id of each room so a
+// server with history can resume. See PROTOCOL.md.
+
+const NO_RETRY = new Set([1008, 4003]); // policy, forbidden: retrying cannot help
+
+export function connect(url, opts = {}) {
+  const o = { transport: "auto", minDelay: 500, maxDelay: 20000, ...opts };
+  const base = new URL(url, location.href);
+  const rooms = new Map(); // room -> { handlers: Set, lastId }
+  const listeners = new Map(); // event -> Set
+  const pending = new Map(); // ref -> { resolve, reject }
+  let ws = null, es = null, timer = 0, attempt = 0, ref = 0, closed = false, lastEventId = "";
+  let mode = o.transport === "sse" ? "sse" : "ws";
+  let sseRebuild = 0;
+
+  const live = {
+    state: "closed",
+    conn: "",
+    user: "",
+    get transport() { return mode === "sse" ? "sse" : "websocket"; },
+
+    // subscribe calls handler(data, frame) for every message in room and
+    // returns a function that removes it (and unsubscribes with the last one).
+    subscribe(room, handler) {
+      let r = rooms.get(room);
+      if (!r) {
+        rooms.set(room, (r = { handlers: new Set(), lastId: "" }));
+        if (ws?.readyState === 1) sendFrame({ type: "subscribe", room });
+        if (es) rebuildSSE();
+      }
+      r.handlers.add(handler);
+      return () => {
+        if (!r.handlers.delete(handler) || r.handlers.size || rooms.get(room) !== r) return;
+        rooms.delete(room);
+        if (ws?.readyState === 1) sendFrame({ type: "unsubscribe", room });
+        if (es) rebuildSSE();
+      };
+    },
+
+    // publish resolves with the message id once the server accepted it, and
+    // rejects with an Error carrying .code (e.g. "forbidden").
+    publish(room, data) { return request({ type: "publish", room, data }, "publish"); },
+
+    // send delivers data to a server handler that reads Conn.Messages.
+    send(data) { return request({ type: "send", data }, "send", true); },
+
+    // on(event, fn): "state", "open", "closed", "error", "direct", "message".
+    // Returns a function that removes the listener.
+    on(event, fn) {
+      if (!listeners.has(event)) listeners.set(event, new Set());
+      listeners.get(event).add(fn);
+      return () => listeners.get(event).delete(fn);
+    },
+
+    close() {
+      closed = true;
+      clearTimeout(timer);
+      ws?.close(1000);
+      es?.close();
+      ws = es = null;
+      setState("closed", { code: 1000, reason: "closed by client" });
+    },
+  };
+
+  function emit(event, ...args) {
+    for (const fn of listeners.get(event) || []) {
+      try { fn(...args); } catch (e) { console.error(e); }
+    }
+  }
+
+  function setState(s, detail) {
+    if (live.state === s) return;
+    live.state = s;
+    emit("state", s, detail);
+    emit(s, detail);
+  }
+
+  function fail(err) {
+    const text = `roomcast: ${err.code}: ${err.message}${err.room ? ` (room ${err.room})` : ""}`;
+    console.error(text);
+    emit("error", Object.assign(new Error(text), err));
+  }
+
+  function request(frame, what, noAck) {
+    if (mode === "sse") return Promise.reject(Object.assign(new Error(`roomcast: cannot ${what} over SSE`), { code: "unsupported" }));
+    if (ws?.readyState !== 1) return Promise.reject(Object.assign(new Error(`roomcast: not connected`), { code: "closed" }));
+    if (noAck) return Promise.resolve(sendFrame(frame));
+    return new Promise((resolve, reject) => {
+      frame.ref = ++ref;
+      pending.set(frame.ref, { resolve, reject });
+      sendFrame(frame);
+    });
+  }
+
+  function sendFrame(frame) { ws.send(JSON.stringify(frame)); }
+
+  function handle(f) {
+    switch (f.type) {
+      case "welcome":
+        live.conn = f.conn;
+        live.user = f.user || "";
+        attempt = 0;
+        setState("open", { conn: f.conn, user: live.user, transport: live.transport });
+        break;
+      case "message": {
+        const r = rooms.get(f.room);
+        if (r) {
+          r.lastId = f.id;
+          for (const h of r.handlers) {
+            try { h(f.data, f); } catch (e) { console.error(e); }
+          }
+        }
+        emit("message", f.data, f);
+        break;
+      }
+      case "direct":
+        emit("direct", f.data, f);
+        emit("message", f.data, f);
+        break;
+      case "published": {
+        const p = pending.get(f.ref);
+        pending.delete(f.ref);
+        p?.resolve(f.id);
+        break;
+      }
+      case "error": {
+        const p = pending.get(f.ref);
+        pending.delete(f.ref);
+        if (p) p.reject(Object.assign(new Error(`roomcast: ${f.code}: ${f.message}`), f));
+        fail(f);
+        break;
+      }
+      case "close": // SSE: the server says why the stream ends
+        es?.close();
+        es = null;
+        dropped(f.code, f.reason);
+        break;
+    }
+  }
+
+  function wsURL() {
+    const u = new URL(base);
+    u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+    return u;
+  }
+
+  function sseURL() {
+    const u = new URL(base);
+    for (const room of rooms.keys()) u.searchParams.append("room", room);
+    if (lastEventId) u.searchParams.set("last_event_id", lastEventId);
+    return u;
+  }
+
+  function open() {
+    clearTimeout(timer);
+    if (closed) return;
+    setState("connecting");
+    if (mode === "sse") return openSSE();
+    let opened = false;
+    const sock = (ws = new WebSocket(wsURL()));
+    sock.onopen = () => {
+      opened = true;
+      for (const [room, r] of rooms) sendFrame(r.lastId ? { type: "subscribe", room, last_id: r.lastId } : { type: "subscribe", room });
+    };
+    sock.onmessage = (ev) => { for (const line of ev.data.split("\n")) handle(JSON.parse(line)); };
+    sock.onclose = (ev) => {
+      if (ws !== sock) return;
+      ws = null;
+      for (const p of pending.values()) p.reject(Object.assign(new Error("roomcast: connection closed"), { code: "closed" }));
+      pending.clear();
+      if (closed) return;
+      if (opened) return dropped(ev.code, ev.reason);
+      // Never opened: refused (not logged in?), blocked, or the network.
+      probe().then((status) => {
+        if (status === 401 || status === 403) return dropped(4003, `HTTP ${status}`);
+        if (o.transport === "auto") {
+          mode = "sse";
+          return open();
+        }
+        dropped(ev.code, ev.reason);
+      });
+    };
+  }
+
+  function openSSE() {
+    const src = (es = new EventSource(sseURL(), { withCredentials: base.origin !== location.origin }));
+    src.onmessage = (ev) => {
+      if (ev.lastEventId) lastEventId = ev.lastEventId;
+      handle(JSON.parse(ev.data));
+    };
+    src.onerror = () => {
+      if (es !== src) return;
+      if (src.readyState === 0) return setState("connecting"); // the browser retries by itself
+      // CLOSED: the browser gave up (an HTTP error).
+      es = null;
+      probe().then((status) => dropped(status === 401 || status === 403 ? 4003 : 1006, `HTTP ${status}`));
+    };
+  }
+
+  // A room change needs a new EventSource: its rooms are in the URL.
+  function rebuildSSE() {
+    clearTimeout(sseRebuild);
+    sseRebuild = setTimeout(() => {
+      if (!es || closed) return;
+      es.close();
+      es = null;
+      open();
+    }, 0);
+  }
+
+  function probe() {
+    return fetch(base, { method: "HEAD", credentials: "same-origin", cache: "no-store" }).then((r) => r.status, () => 0);
+  }
+
+  function dropped(code, reason) {
+    setState("closed", { code, reason });
+    if (closed) return;
+    if (NO_RETRY.has(code)) {
+      closed = true;
+      fail({ code: "forbidden", message: `connection refused (${code} ${reason || ""}), not retrying` });
+      return;
+    }
+    const cap = Math.min(o.maxDelay, o.minDelay * 2 ** attempt++);
+    const delay = Math.random() * (code === 1012 ? Math.min(cap, 1000) : cap); // full jitter
+    timer = setTimeout(open, delay);
+  }
+
+  open();
+  return live;
+}
