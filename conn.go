@@ -41,6 +41,7 @@ type Conn struct {
 	cancel  context.CancelFunc
 	ws      *websocket.Conn // nil for SSE
 	netConn net.Conn        // the WebSocket's socket, for write deadlines
+	fw      *frameWriter    // under the WebSocket's write buffer
 	sse     *sseStream      // nil for WebSocket
 	ping    *time.Timer     // keep-alive of a WebSocket or a hijacked SSE stream
 
@@ -354,6 +355,15 @@ func (c *Conn) writeWS(batch []*wire.Frame) error {
 	ctx := context.Background()
 	_ = c.netConn.SetWriteDeadline(time.Now().Add(c.b.cfg.writeTimeout))
 	defer c.netConn.SetWriteDeadline(time.Time{})
+	c.fw.hold()
+	err := c.writeFrames(ctx, batch)
+	if ferr := c.fw.release(); err == nil {
+		err = ferr
+	}
+	return err
+}
+
+func (c *Conn) writeFrames(ctx context.Context, batch []*wire.Frame) error {
 	if len(batch) == 1 {
 		return c.ws.Write(ctx, websocket.MessageText, batch[0].JSON)
 	}

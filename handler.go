@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -123,7 +124,7 @@ func (b *Broker) acceptWebSocket(w http.ResponseWriter, r *http.Request, ctx con
 	}
 	ws.SetReadLimit(int64(b.cfg.maxMessage))
 	c := b.newConn(ctx, user)
-	c.ws, c.netConn = ws, hj.conn
+	c.ws, c.netConn, c.fw = ws, hj.conn, hj.fw
 	c.ping = time.AfterFunc(b.cfg.keepAlive, c.keepAlive)
 	if err := b.start(c); err != nil {
 		_ = ws.Close(websocket.StatusCode(CloseServiceRestart), "service restart")
@@ -151,6 +152,7 @@ var (
 type smallBuffers struct {
 	http.ResponseWriter
 	conn net.Conn
+	fw   *frameWriter
 }
 
 func (w *smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
@@ -172,7 +174,70 @@ func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if len(early) > 0 {
 		_, _ = br.Peek(len(early))
 	}
-	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(conn, wsWriteBuffer)), nil
+	w.fw = &frameWriter{conn: conn}
+	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(w.fw, wsWriteBuffer)), nil
+}
+
+// frameWriter sits under the WebSocket library's write buffer. A frame
+// larger than that buffer reaches the socket as two writes (the buffer with
+// the frame header, then the rest); while the connection's writer sends a
+// batch, frameWriter holds the first and sends both with one writev. One
+// system call per frame, whatever its size, without a larger buffer per
+// connection.
+type frameWriter struct {
+	conn net.Conn
+
+	mu       sync.Mutex
+	batching bool
+	held     *[]byte
+}
+
+var heldPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+func (f *frameWriter) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.batching {
+		return f.conn.Write(p)
+	}
+	if f.held == nil {
+		f.held = heldPool.Get().(*[]byte)
+		*f.held = append((*f.held)[:0], p...)
+		return len(p), nil
+	}
+	bufs := net.Buffers{*f.held, p}
+	_, err := bufs.WriteTo(f.conn)
+	f.putHeld()
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// hold starts a batch; release ends it, writing anything still held.
+func (f *frameWriter) hold() {
+	f.mu.Lock()
+	f.batching = true
+	f.mu.Unlock()
+}
+
+func (f *frameWriter) release() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.batching = false
+	if f.held == nil {
+		return nil
+	}
+	_, err := f.conn.Write(*f.held)
+	f.putHeld()
+	return err
+}
+
+func (f *frameWriter) putHeld() {
+	if cap(*f.held) <= 2*wsWriteBuffer {
+		heldPool.Put(f.held)
+	}
+	f.held = nil
 }
 
 // start registers a new connection, greets it and subscribes it to its

@@ -39,6 +39,7 @@ type config struct {
 	dialConcurrency                  int
 	jsonOut                          string
 	hold                             time.Duration
+	cpuProfile                       string
 }
 
 func main() {
@@ -60,6 +61,7 @@ func main() {
 	flag.DurationVar(&c.timeout, "timeout", 60*time.Second, "cap on one burst's delivery")
 	flag.IntVar(&c.dialConcurrency, "dial-concurrency", 200, "dials in flight")
 	flag.DurationVar(&c.hold, "hold", 0, "after measuring idle memory, wait this long (to take a profile)")
+	flag.StringVar(&c.cpuProfile, "cpuprofile", "", "write a 5 s CPU profile of the server, taken during the bursts, to this file")
 	flag.StringVar(&c.jsonOut, "json", "", "append one JSON line per run to this file")
 	flag.Parse()
 	c.impls = strings.Split(impls, ",")
@@ -180,6 +182,19 @@ func run(c config, impl string) (result, error) {
 	// Each conn receives the messages of its target: n/targets each.
 	perConn := int64(c.n / targets)
 	r.Expected = perConn * int64(len(conns))
+	if c.cpuProfile != "" {
+		go func() {
+			resp, err := http.Get(base + "/debug/pprof/profile?seconds=5")
+			if err != nil {
+				log.Print(err)
+				return
+			}
+			defer resp.Body.Close()
+			f, _ := os.Create(c.cpuProfile + "." + impl)
+			_, _ = io.Copy(f, resp.Body)
+			f.Close()
+		}()
+	}
 	var hist histogram
 	var cpuTotal float64
 	var delivered int64
