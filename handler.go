@@ -29,9 +29,15 @@ import (
 // connect time. See PROTOCOL.md for the frames.
 //
 // The same handler serves the browser client at <mount>/client.js (and
-// client.d.ts) when it is mounted for that subtree too (e.g. "/live/"), and
-// answers HEAD with 204: a client whose connection failed can tell "not
-// allowed" (the host's 401 or 403) from "network down".
+// client.d.ts) when routed there. The client is a public static file: mount
+// that one path without the login middleware, so a logged-out page can load
+// it, and not the whole subtree:
+//
+//	mux.Handle("/live", requireLogin(ps.Handler()))
+//	mux.Handle("GET /live/client.js", ps.Handler())
+//
+// HEAD is answered with 204, so a client whose connection failed can tell
+// "not allowed" (the host's 401 or 403) from "network down".
 func (b *Broker) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if serveClientFile(w, r) {

@@ -54,6 +54,8 @@ export interface Live {
   on(event: "state", fn: (state: State, detail?: StateDetail) => void): () => void;
   on(event: "open" | "connecting" | "closed", fn: (detail?: StateDetail) => void): () => void;
   on(event: "error", fn: (err: ClientError) => void): () => void;
+  /** A subscription took effect: messages published from now on arrive. */
+  on(event: "subscribed", fn: (room: string) => void): () => void;
   on<T = unknown>(event: "direct" | "message", fn: (data: T, frame: Frame<T>) => void): () => void;
   /** Closes for good: no reconnect. */
   close(): void;

@@ -56,7 +56,8 @@ export function connect(url, opts = {}) {
     // send delivers data to a server handler that reads Conn.Messages.
     send(data) { return request({ type: "send", data }, "send", true); },
 
-    // on(event, fn): "state", "open", "closed", "error", "direct", "message".
+    // on(event, fn): "state", "open", "closed", "error", "subscribed" (room),
+    // "direct", "message".
     // Returns a function that removes the listener.
     on(event, fn) {
       if (!listeners.has(event)) listeners.set(event, new Set());
@@ -125,6 +126,9 @@ export function connect(url, opts = {}) {
         emit("message", f.data, f);
         break;
       }
+      case "subscribed":
+        emit("subscribed", f.room);
+        break;
       case "direct":
         emit("direct", f.data, f);
         emit("message", f.data, f);
@@ -237,6 +241,8 @@ export function connect(url, opts = {}) {
     timer = setTimeout(open, delay);
   }
 
-  open();
+  // Open after the caller's first subscribe calls, so they ride on the
+  // first connection (SSE puts them in its URL).
+  Promise.resolve().then(open);
   return live;
 }

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/roomcast/pubsub"
+	"github.com/roomcast/pubsub/examples/internal/demoauth"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -32,7 +33,7 @@ func newChat(t *testing.T) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(newApp(ps, newSessions()))
+	srv := httptest.NewServer(newApp(ps, demoauth.New()))
 	t.Cleanup(func() { _ = ps.Close(); srv.Close() })
 	return srv
 }
@@ -86,7 +87,7 @@ func TestChatEndToEnd(t *testing.T) {
 	if code := post(t, http.DefaultClient, srv.URL+"/api/rooms/lobby/messages", "x"); code != http.StatusUnauthorized {
 		t.Fatalf("POST logged out: %d", code)
 	}
-	forged := &http.Request{Header: http.Header{"Cookie": {cookieName + "=YWxpY2U.AAAA"}}}
+	forged := &http.Request{Header: http.Header{"Cookie": {demoauth.CookieName + "=YWxpY2U.AAAA"}}}
 	if _, _, err := websocket.Dial(ctx, "ws"+srv.URL[4:]+"/live", &websocket.DialOptions{HTTPHeader: forged.Header}); err == nil {
 		t.Fatal("a forged cookie opened a connection")
 	}
@@ -182,7 +183,15 @@ func TestChatEndToEnd(t *testing.T) {
 	}
 	body, _ := io.ReadAll(page.Body)
 	page.Body.Close()
-	if !strings.Contains(string(body), "new WebSocket(url)") {
-		t.Fatal("the page does not open a WebSocket")
+	if !strings.Contains(string(body), `import { connect } from "/live/client.js"`) {
+		t.Fatal("the page does not use the client")
+	}
+	js, err := alice.Get(srv.URL + "/live/client.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js.Body.Close()
+	if js.StatusCode != http.StatusOK || !strings.HasPrefix(js.Header.Get("Content-Type"), "text/javascript") {
+		t.Fatalf("/live/client.js: %d %s", js.StatusCode, js.Header.Get("Content-Type"))
 	}
 }

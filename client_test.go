@@ -1,0 +1,77 @@
+package pubsub
+
+import (
+	"bytes"
+	"compress/gzip"
+	"io"
+	"net/http"
+	"os"
+	"testing"
+)
+
+// The browser client must stay small: under 4 KiB gzipped, even unminified.
+func TestClientSize(t *testing.T) {
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	_, _ = zw.Write(clientJS)
+	_ = zw.Close()
+	t.Logf("client.js: %d bytes, %d gzipped", len(clientJS), buf.Len())
+	if buf.Len() >= 4096 {
+		t.Fatalf("client.js is %d bytes gzipped, budget 4096", buf.Len())
+	}
+	// The embedded copy is the file in client/ that front ends copy.
+	disk, err := os.ReadFile("client/client.js")
+	if err != nil || !bytes.Equal(disk, clientJS) {
+		t.Fatal("embedded client differs from client/client.js")
+	}
+}
+
+func TestHandlerServesClientAndProbe(t *testing.T) {
+	b := newBroker(t)
+	srv := serve(t, b, nil)
+	mux := http.NewServeMux()
+	mux.Handle("GET /live/client.js", b.Handler())
+	mux.Handle("GET /live/client.d.ts", b.Handler())
+	mux.Handle("/live", b.Handler())
+	srv.Config.Handler = mux
+
+	resp, err := http.Get(srv.URL + "/live/client.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/javascript; charset=utf-8" || !bytes.Equal(body, clientJS) {
+		t.Fatalf("client.js: %d %q, %d bytes", resp.StatusCode, resp.Header.Get("Content-Type"), len(body))
+	}
+	etag := resp.Header.Get("ETag")
+	if etag == "" || resp.Header.Get("Cache-Control") == "" {
+		t.Fatal("client.js without ETag or Cache-Control")
+	}
+	req, _ := http.NewRequest("GET", srv.URL+"/live/client.js", nil)
+	req.Header.Set("If-None-Match", etag)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotModified {
+		t.Fatalf("revalidation: %d, want 304", resp.StatusCode)
+	}
+	resp, err = http.Get(srv.URL + "/live/client.d.ts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("client.d.ts: %d", resp.StatusCode)
+	}
+	resp, err = http.Head(srv.URL + "/live")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("HEAD probe: %d, want 204", resp.StatusCode)
+	}
+}
