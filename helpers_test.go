@@ -116,6 +116,9 @@ type dialOpts struct {
 
 func liveURL(srv *httptest.Server, scheme string, rooms []string) string {
 	u, _ := url.Parse(srv.URL + "/live")
+	if u.Scheme == "https" { // a TLS server: https, wss
+		scheme += "s"
+	}
 	u.Scheme = scheme
 	q := url.Values{}
 	for _, r := range rooms {

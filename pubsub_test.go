@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -477,5 +478,39 @@ func TestNonStreamingRequestIsRejected(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("plain GET: %d", resp.StatusCode)
+	}
+}
+
+// The broker takes HTTP/1.1 SSE connections over; what the host's
+// middleware put in the response headers must survive that. Over HTTP/2,
+// where a connection cannot be taken over, the handler streams itself.
+func TestSSEKeepsHostHeadersAndWorksOverHTTP2(t *testing.T) {
+	b := newBroker(t)
+	mux := http.NewServeMux()
+	mux.Handle("/live", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.SetCookie(w, &http.Cookie{Name: "session", Value: "refreshed"})
+		w.Header().Set("Access-Control-Allow-Origin", "https://app.example")
+		testAuth(b.Handler()).ServeHTTP(w, r)
+	}))
+	for _, h2 := range []bool{false, true} {
+		srv := httptest.NewUnstartedServer(mux)
+		srv.EnableHTTP2 = h2
+		srv.StartTLS()
+		defer srv.Close()
+		c := dialSSE(t, srv, dialOpts{user: "u", rooms: []string{"r"}})
+		if want := map[bool]int{false: 1, true: 2}[h2]; c.resp.ProtoMajor != want {
+			t.Fatalf("HTTP/%d, want %d", c.resp.ProtoMajor, want)
+		}
+		if got := c.resp.Header.Get("Set-Cookie"); !strings.Contains(got, "session=refreshed") {
+			t.Errorf("HTTP/%d: Set-Cookie %q lost", c.resp.ProtoMajor, got)
+		}
+		if got := c.resp.Header.Get("Access-Control-Allow-Origin"); got != "https://app.example" {
+			t.Errorf("HTTP/%d: CORS header %q lost", c.resp.ProtoMajor, got)
+		}
+		_ = b.Publish(ctx, "r", msg("over tls"))
+		if f := c.next(t); f.text() != "over tls" {
+			t.Fatalf("HTTP/%d: got %+v", c.resp.ProtoMajor, f)
+		}
+		c.close()
 	}
 }

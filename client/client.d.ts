@@ -17,7 +17,7 @@ export interface Frame<T = unknown> {
 
 /** An error reported by the server or the client. */
 export interface ClientError extends Error {
-  /** "bad_request", "invalid_room", "forbidden", "too_many_rooms", "unsupported", "internal", "closed". */
+  /** "bad_request", "invalid_room", "forbidden", "too_many_rooms", "unsupported", "internal", "closed", "too_large". */
   code: string;
   room?: string;
 }

@@ -230,6 +230,7 @@ export function connect(url, opts = {}) {
 
   function dropped(code, reason) {
     setState("closed", { code, reason });
+    if (code === 1009) fail({ code: "too_large", message: "a message exceeded the server's size limit; the server closed the connection" });
     if (closed) return;
     if (NO_RETRY.has(code)) {
       closed = true;

@@ -307,3 +307,30 @@ func TestBrowserUserTargeting(t *testing.T) {
 		}
 	}
 }
+
+// An oversized message closes the connection (1009): the page gets a clear
+// error, and the client reconnects and resubscribes.
+func TestBrowserOversizedMessageIsReported(t *testing.T) {
+	ps := newBroker(t, pubsub.WithMaxMessageSize(1024), pubsub.WithClientPublish(func(context.Context, string, string) error { return nil }))
+	srv := libServer(t, ps, nil)
+	b := newTab(t)
+	b.open(srv.URL + "/?rooms=lobby")
+	b.waitFor("open", openWS)
+	b.waitFor("subscription", subscribedTo("lobby", 1))
+	var id string
+	b.eval(`live.publish("lobby", {text: "small"})`, &id)
+	if id == "" {
+		t.Fatal("publish returned no id")
+	}
+	b.waitFor("own message", received("lobby", "small"))
+	var code string
+	b.eval(`live.publish("lobby", {text: "x".repeat(5000)}).then(() => "ok", e => e.code)`, &code)
+	if code != "closed" {
+		t.Fatalf("oversized publish: %q", code)
+	}
+	b.waitFor("too_large error", `events.some(e => e.kind === "error" && e.code === "too_large")`)
+	b.waitFor("close 1009", `events.some(e => e.kind === "state" && e.state === "closed" && e.code === 1009)`)
+	b.waitFor("resubscribed", subscribedTo("lobby", 2)+` && live.state === "open"`)
+	publish(t, ps, "lobby", "after")
+	b.waitFor("message after reconnect", received("lobby", "after"))
+}
