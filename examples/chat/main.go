@@ -44,10 +44,7 @@ func main() {
 // handler, all behind the same middleware.
 func newApp(ps *pubsub.Broker, auth *demoauth.Sessions) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		_, _ = w.Write(indexHTML)
-	})
+	mux.Handle("GET /{$}", demoapp.Page(indexHTML))
 	auth.Mount(mux)
 
 	api := http.NewServeMux()

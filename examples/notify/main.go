@@ -47,10 +47,7 @@ type notification struct {
 
 func newApp(ps *pubsub.Broker, auth *demoauth.Sessions) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		_, _ = w.Write(indexHTML)
-	})
+	mux.Handle("GET /{$}", demoapp.Page(indexHTML))
 	auth.Mount(mux)
 	// Any logged-in user may notify any user: a demo. A real app would check
 	// who may notify whom, or notify from its own events.

@@ -105,10 +105,7 @@ func (m *market) step(s string) tick {
 
 func newApp(ps *pubsub.Broker, m *market) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		_, _ = w.Write(indexHTML)
-	})
+	mux.Handle("GET /{$}", demoapp.Page(indexHTML))
 	mux.HandleFunc("GET /api/history", func(w http.ResponseWriter, r *http.Request) {
 		m.mu.Lock()
 		data, _ := json.Marshal(map[string]any{"symbols": symbols, "history": m.history})

@@ -38,3 +38,11 @@ func Serve(addr string, h http.Handler, ps *pubsub.Broker, logger *slog.Logger) 
 	}
 	return err
 }
+
+// Page serves an example's single HTML page.
+func Page(html []byte) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_, _ = w.Write(html)
+	}
+}
