@@ -23,8 +23,16 @@ import (
 // A client that stops reading is disconnected with 4001 once its queue
 // overflows, while a fast client in the same room receives everything.
 func TestSlowClientIsDisconnectedAndNeverDelaysOthers(t *testing.T) {
-	b := newBroker(t, WithSendQueue(128, 16<<20))
-	srv := serve(t, b, nil)
+	// The write in flight to the slow client blocks until it reads again; a
+	// long write timeout keeps that from cutting the socket before the close
+	// frame (4001) gets through on a loaded machine.
+	b := newBroker(t, WithSendQueue(128, 16<<20), WithWriteTimeout(2*time.Minute))
+	ended := make(chan error, 4)
+	srv := serve(t, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, err := b.Accept(w, r); err == nil {
+			ended <- c.Wait()
+		}
+	}))
 	fast := dialWS(t, srv, dialOpts{user: "fast", rooms: []string{"r"}})
 	slow := dialWS(t, srv, dialOpts{user: "slow", rooms: []string{"r"}})
 	slowSSE, err := http.NewRequest(http.MethodGet, liveURL(srv, "http", []string{"r"}), nil)
@@ -96,6 +104,17 @@ func TestSlowClientIsDisconnectedAndNeverDelaysOthers(t *testing.T) {
 	}
 	if !strings.Contains(last, `"type":"close","code":4001`) {
 		t.Fatalf("slow SSE stream ended with %q", last)
+	}
+	// Server side, both slow connections ended as slow consumers.
+	for range 2 {
+		select {
+		case err := <-ended:
+			if !errors.Is(err, ErrSlowConsumer) {
+				t.Fatalf("a slow connection ended with %v, want ErrSlowConsumer", err)
+			}
+		case <-time.After(waitFor):
+			t.Fatal("slow connections did not end")
+		}
 	}
 	eventually(t, "slow connections to be released", func() bool {
 		b.mu.RLock()
@@ -335,7 +354,7 @@ func TestConnLimits(t *testing.T) {
 }
 
 func TestKeepAlive(t *testing.T) {
-	b := newBroker(t, WithKeepAlive(50*time.Millisecond, 100*time.Millisecond))
+	b := newBroker(t, WithKeepAlive(50*time.Millisecond, time.Second)) // a generous pong wait: CI machines stall
 	ended := make(chan error, 4)
 	srv := serve(t, b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := b.Accept(w, r)
