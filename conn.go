@@ -58,8 +58,9 @@ type Conn struct {
 	err         error
 	served      bool
 
-	bg   sync.WaitGroup // writer and keep-alive goroutines
-	done chan struct{}
+	bg         sync.WaitGroup // writer and keep-alive goroutines
+	done       chan struct{}
+	finishOnce sync.Once
 }
 
 func (b *Broker) newConn(ctx context.Context, user string) *Conn {
@@ -201,13 +202,42 @@ func (c *Conn) serve(yield func([]byte) bool) {
 	}
 }
 
-// finish releases everything once the connection's driving loop returns.
+// finish releases everything once the connection's driving loop returns,
+// once, whoever calls it.
 func (c *Conn) finish() {
-	c.closeWith(CloseNormal, "", nil, false)
-	c.bg.Wait()
-	c.cancel()
-	close(c.done)
-	c.b.connsWG.Done()
+	c.finishOnce.Do(func() {
+		c.closeWith(CloseNormal, "", nil, false)
+		c.bg.Wait()
+		c.cancel()
+		if c.sse != nil {
+			c.sse.finished()
+		}
+		close(c.done)
+		c.b.connsWG.Done()
+	})
+}
+
+func (c *Conn) isDone() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// finishUndriven finishes a connection that nothing drives: accepted by a
+// host handler that returned without Messages or Wait. Reports whether it
+// was one.
+func (c *Conn) finishUndriven() bool {
+	c.mu.Lock()
+	undriven := !c.served && !(c.sse != nil && c.sse.conn != nil)
+	c.served = true
+	c.mu.Unlock()
+	if undriven {
+		go c.finish()
+	}
+	return undriven
 }
 
 // enqueue queues f for writing. It reports false when the queue is full;
@@ -333,8 +363,8 @@ func (c *Conn) writeClose() {
 		return
 	}
 	// A peer that does not answer the close frame (dead, or not reading) is
-	// cut off: cancelling the context the reader reads with closes the socket.
-	force := time.AfterFunc(closeHandshakeTimeout, c.cancel)
+	// cut off at the socket, which also ends the reader, if any.
+	force := time.AfterFunc(closeHandshakeTimeout, func() { _ = c.netConn.Close() })
 	_ = c.ws.Close(websocket.StatusCode(code), reason)
 	force.Stop()
 }
@@ -440,7 +470,8 @@ func (c *Conn) abort() {
 
 func (c *Conn) abortTransport() {
 	if c.ws != nil {
-		_ = c.ws.CloseNow()
+		// Not ws.CloseNow: it waits for a close handshake in progress.
+		_ = c.netConn.Close()
 	} else {
 		c.sse.abort()
 	}

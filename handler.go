@@ -260,7 +260,9 @@ func (b *Broker) start(c *Conn) error {
 		if err := c.joinUser(); err != nil {
 			b.log.Error("pubsub: subscribing user", "user", c.user, "err", err)
 			c.closeWith(CloseInternalError, "internal error", err, false)
-			c.serve(nil) // wind the connection down before returning
+			if c.sse == nil || c.sse.conn == nil { // a hijacked stream finishes by itself
+				c.serve(nil) // wind the connection down before returning
+			}
 			return err
 		}
 	}

@@ -544,7 +544,13 @@ func (b *Broker) shutdownNow(ctx context.Context) error {
 	case <-ctx.Done():
 		err = ctx.Err()
 		for _, c := range conns {
+			if c.isDone() {
+				continue
+			}
 			c.abort()
+			if c.finishUndriven() {
+				b.log.Warn("pubsub: a connection from Accept was never driven (Messages or Wait)", "conn", c.id)
+			}
 		}
 		<-done
 	}
@@ -561,10 +567,6 @@ func (b *Broker) teardownNATS() {
 		}
 		if b.ownsConn {
 			b.nc.Close()
-		} else {
-			for _, t := range b.topics {
-				_ = t.sub.Unsubscribe()
-			}
 		}
 	}
 	if b.srv != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,7 +36,18 @@ type sseStream struct {
 	wake    chan struct{}
 	aborted atomic.Bool
 
-	conn net.Conn // hijacked
+	conn      net.Conn     // hijacked
+	lastWrite atomic.Int64 // unix nanoseconds, for keep-alives on a hijacked stream
+
+	mu   sync.Mutex
+	done bool // the handler returned: rc must not be used any more
+}
+
+// finished records that the stream's handler is done with the response.
+func (s *sseStream) finished() {
+	s.mu.Lock()
+	s.done = true
+	s.mu.Unlock()
 }
 
 var sseHeaders = http.Header{
@@ -84,13 +96,21 @@ func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.C
 		c.ping = time.AfterFunc(b.cfg.keepAlive, c.keepAlive)
 	}
 	if err := b.start(c); err != nil {
-		if s.conn != nil {
-			_ = s.conn.Close()
+		if errors.Is(err, ErrClosed) { // shutdown began while the head was written
+			_ = s.write(c, wire.Close(CloseServiceRestart, "service restart"))
+			if s.conn != nil {
+				_ = s.conn.Close()
+			}
 		}
 		return nil, err
 	}
 	for _, room := range rooms {
-		_ = c.join(room, wire.Reply("subscribed", room, "", nil))
+		switch err := c.join(room, wire.Reply("subscribed", room, "", nil)); {
+		case err == nil, errors.Is(err, ErrClosed):
+		default:
+			b.log.Error("pubsub: subscribe", "room", room, "err", err)
+			c.reply(wire.Error("internal", "subscribe failed", room, nil))
+		}
 	}
 	return c, nil
 }
@@ -180,7 +200,11 @@ func (s *sseStream) abort() {
 		_ = s.conn.Close()
 		return
 	}
-	_ = s.rc.SetWriteDeadline(time.Now())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.done {
+		_ = s.rc.SetWriteDeadline(time.Now())
+	}
 }
 
 // hijack takes the connection over and writes the response head, with the
@@ -215,6 +239,7 @@ func (s *sseStream) hijack(r *http.Request, timeout time.Duration) error {
 // writeConn writes a batch to a hijacked stream: one write call.
 func (s *sseStream) writeConn(c *Conn, batch []*wire.Frame) error {
 	_ = s.conn.SetWriteDeadline(time.Now().Add(c.b.cfg.writeTimeout))
+	s.lastWrite.Store(time.Now().UnixNano())
 	return s.write(c, batch...)
 }
 
@@ -233,6 +258,10 @@ func (s *sseStream) keepAlive(c *Conn) bool {
 	if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
 		c.closeWith(CloseNormal, "", nil, false) // the client went away
 		return false
+	}
+	// A comment only after a whole interval of silence.
+	if time.Since(time.Unix(0, s.lastWrite.Load())) < c.b.cfg.keepAlive-c.b.cfg.keepAlive/8 {
+		return true
 	}
 	if !c.enqueue(keepAliveFrame) {
 		c.closeSlow()
