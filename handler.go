@@ -44,8 +44,7 @@ func (b *Broker) Handler() http.Handler {
 			return
 		}
 		if r.Method == http.MethodHead {
-			w.Header().Set("Cache-Control", "no-store")
-			w.WriteHeader(http.StatusNoContent)
+			b.probe(w, r)
 			return
 		}
 		c, err := b.accept(w, r, true)
@@ -63,6 +62,17 @@ func (b *Broker) Handler() http.Handler {
 		}
 		// A hijacked SSE stream needs no goroutine at all while idle.
 	})
+}
+
+// probe answers HEAD: 204, or the error an SSE request with the same query
+// rooms would get (see refuseRooms).
+func (b *Broker) probe(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	c := b.newConn(context.WithoutCancel(r.Context()), UserFrom(r.Context()))
+	defer c.cancel()
+	if c.refuseRooms(w, r.URL.Query()["room"]) == nil {
+		w.WriteHeader(http.StatusNoContent)
+	}
 }
 
 // Accept turns the request into a connection, WebSocket or SSE alike, for a

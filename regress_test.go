@@ -114,3 +114,33 @@ func TestShutdownFinishesUndrivenConnections(t *testing.T) {
 		t.Fatal("Shutdown hung on an undriven connection")
 	}
 }
+
+// HEAD with query rooms answers what an SSE request would, naming the room.
+func TestProbeNamesTheRefusedRoom(t *testing.T) {
+	b := newBroker(t, WithSubscribeAuth(func(ctx context.Context, user, room string) error {
+		if room == "secret" {
+			return errors.New("no")
+		}
+		return nil
+	}))
+	srv := serve(t, b, nil)
+	for _, tc := range []struct {
+		rooms        []string
+		status       int
+		code, room string
+	}{
+		{nil, http.StatusNoContent, "", ""},
+		{[]string{"lobby"}, http.StatusNoContent, "", ""},
+		{[]string{"lobby", "secret"}, http.StatusForbidden, "forbidden", "secret"},
+		{[]string{"a.b"}, http.StatusBadRequest, "invalid_room", "a.b"},
+	} {
+		resp, err := http.Head(liveURL(srv, "http", tc.rooms))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || resp.Header.Get("Roomcast-Error") != tc.code || resp.Header.Get("Roomcast-Room") != tc.room {
+			t.Errorf("HEAD %v: %d %q %q", tc.rooms, resp.StatusCode, resp.Header.Get("Roomcast-Error"), resp.Header.Get("Roomcast-Room"))
+		}
+	}
+}

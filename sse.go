@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,15 +63,8 @@ func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.C
 		return nil, fmt.Errorf("%w: origin %q", ErrForbidden, truncate(r.Header.Get("Origin")))
 	}
 	c := b.newConn(ctx, user)
-	for _, room := range rooms {
-		if err := subject.ValidRoom(room); err != nil {
-			http.Error(w, fmt.Sprintf("invalid room name %q: %v", truncate(room), err), http.StatusBadRequest)
-			return nil, fmt.Errorf("%w %q: %v", ErrInvalidRoom, truncate(room), err)
-		}
-		if err := c.authorize(b.cfg.authSubscribe, "subscribe", room); err != nil {
-			http.Error(w, fmt.Sprintf("not allowed to subscribe to %q", room), http.StatusForbidden)
-			return nil, err
-		}
+	if err := c.refuseRooms(w, rooms); err != nil {
+		return nil, err
 	}
 	s := &sseStream{w: w, rc: http.NewResponseController(w), reqDone: r.Context().Done(), wake: make(chan struct{}, 1)}
 	h := w.Header()
@@ -268,4 +262,28 @@ func (s *sseStream) keepAlive(c *Conn) bool {
 		return false
 	}
 	return true
+}
+
+// refuseRooms answers 400 or 403 for the first room of rooms the connection
+// may not subscribe to, naming it in the headers Roomcast-Error (the error
+// code) and Roomcast-Room (URL-escaped): a client that only sees its
+// EventSource fail can ask with HEAD and learn which room to drop.
+func (c *Conn) refuseRooms(w http.ResponseWriter, rooms []string) error {
+	for _, room := range rooms {
+		status, code, msg := 0, "", ""
+		err := subject.ValidRoom(room)
+		if err != nil {
+			status, code, msg = http.StatusBadRequest, "invalid_room", fmt.Sprintf("invalid room name %q: %v", truncate(room), err)
+			err = fmt.Errorf("%w %q: %v", ErrInvalidRoom, truncate(room), err)
+		} else if err = c.authorize(c.b.cfg.authSubscribe, "subscribe", room); err != nil {
+			status, code, msg = http.StatusForbidden, "forbidden", fmt.Sprintf("not allowed to subscribe to %q", room)
+		}
+		if err != nil {
+			w.Header().Set("Roomcast-Error", code)
+			w.Header().Set("Roomcast-Room", url.QueryEscape(truncate(room)))
+			http.Error(w, msg, status)
+			return err
+		}
+	}
+	return nil
 }

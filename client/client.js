@@ -21,7 +21,7 @@ export function connect(url, opts = {}) {
   const rooms = new Map(); // room -> { handlers: Set, lastId }
   const listeners = new Map(); // event -> Set
   const pending = new Map(); // ref -> { resolve, reject }
-  let ws = null, es = null, timer = 0, attempt = 0, ref = 0, closed = false, lastEventId = "";
+  let ws = null, es = null, timer = 0, attempt = 0, ref = 0, closed = false, lastEventId = "", wsWorked = false;
   let mode = o.transport === "sse" ? "sse" : "ws";
   let sseRebuild = 0;
 
@@ -71,6 +71,7 @@ export function connect(url, opts = {}) {
       ws?.close(1000);
       es?.close();
       ws = es = null;
+      rejectPending();
       setState("closed", { code: 1000, reason: "closed by client" });
     },
   };
@@ -107,6 +108,11 @@ export function connect(url, opts = {}) {
 
   function sendFrame(frame) { ws.send(JSON.stringify(frame)); }
 
+  function rejectPending() {
+    for (const p of pending.values()) p.reject(Object.assign(new Error("roomcast: connection closed"), { code: "closed" }));
+    pending.clear();
+  }
+
   function handle(f) {
     switch (f.type) {
       case "welcome":
@@ -142,8 +148,12 @@ export function connect(url, opts = {}) {
       case "error": {
         const p = pending.get(f.ref);
         pending.delete(f.ref);
-        if (p) p.reject(Object.assign(new Error(`roomcast: ${f.code}: ${f.message}`), f));
-        fail(f);
+        if (!p) fail(f); // an event, when no promise can carry it
+        else {
+          const err = Object.assign(new Error(`roomcast: ${f.code}: ${f.message}`), f);
+          console.error(err.message);
+          p.reject(err);
+        }
         break;
       }
       case "close": // SSE: the server says why the stream ends
@@ -175,21 +185,22 @@ export function connect(url, opts = {}) {
     let opened = false;
     const sock = (ws = new WebSocket(wsURL()));
     sock.onopen = () => {
-      opened = true;
+      opened = wsWorked = true;
       for (const [room, r] of rooms) sendFrame(r.lastId ? { type: "subscribe", room, last_id: r.lastId } : { type: "subscribe", room });
     };
     sock.onmessage = (ev) => { for (const line of ev.data.split("\n")) handle(JSON.parse(line)); };
     sock.onclose = (ev) => {
       if (ws !== sock) return;
       ws = null;
-      for (const p of pending.values()) p.reject(Object.assign(new Error("roomcast: connection closed"), { code: "closed" }));
-      pending.clear();
+      rejectPending();
       if (closed) return;
       if (opened) return dropped(ev.code, ev.reason);
       // Never opened: refused (not logged in?), blocked, or the network.
-      probe().then((status) => {
+      probe(base).then(({ status }) => {
         if (status === 401 || status === 403) return dropped(4003, `HTTP ${status}`);
-        if (o.transport === "auto") {
+        // The server answers, yet WebSocket never worked here: something on
+        // the way blocks it. Use SSE (each reconnect tries WebSocket again).
+        if (o.transport === "auto" && !wsWorked && status >= 200 && status < 300) {
           mode = "sse";
           return open();
         }
@@ -207,9 +218,17 @@ export function connect(url, opts = {}) {
     src.onerror = () => {
       if (es !== src) return;
       if (src.readyState === 0) return setState("connecting"); // the browser retries by itself
-      // CLOSED: the browser gave up (an HTTP error).
+      // CLOSED: the browser gave up (an HTTP error). Ask why, with the
+      // same rooms: a refused room is named in the answer's headers.
       es = null;
-      probe().then((status) => dropped(status === 401 || status === 403 ? 4003 : 1006, `HTTP ${status}`));
+      probe(sseURL()).then(({ status, error, room }) => {
+        if (room && rooms.has(room)) {
+          rooms.delete(room);
+          fail({ code: error, room, message: `the server refused room ${room}` });
+          return dropped(1006, `room ${room} refused`);
+        }
+        dropped(status === 401 || status === 403 ? 4003 : 1006, `HTTP ${status}`);
+      });
     };
   }
 
@@ -224,12 +243,17 @@ export function connect(url, opts = {}) {
     }, 0);
   }
 
-  function probe() {
-    return fetch(base, { method: "HEAD", credentials: "same-origin", cache: "no-store" }).then((r) => r.status, () => 0);
+  function probe(u) {
+    const credentials = base.origin === location.origin ? "same-origin" : "include";
+    return fetch(u, { method: "HEAD", credentials, cache: "no-store" }).then(
+      (r) => ({ status: r.status, error: r.headers.get("Roomcast-Error"), room: r.headers.get("Roomcast-Room") && decodeURIComponent(r.headers.get("Roomcast-Room").replace(/\+/g, " ")) }),
+      () => ({ status: 0 }),
+    );
   }
 
   function dropped(code, reason) {
     setState("closed", { code, reason });
+    if (o.transport === "auto") mode = "ws";
     if (code === 1009) fail({ code: "too_large", message: "a message exceeded the server's size limit; the server closed the connection" });
     if (closed) return;
     if (NO_RETRY.has(code)) {

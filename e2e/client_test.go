@@ -334,3 +334,21 @@ func TestBrowserOversizedMessageIsReported(t *testing.T) {
 	publish(t, ps, "lobby", "after")
 	b.waitFor("message after reconnect", received("lobby", "after"))
 }
+
+// Over SSE one refused room fails the whole request (403): the client asks
+// which room with its probe, reports it, and connects with the others.
+func TestBrowserSSERefusedRoomIsDroppedAndReported(t *testing.T) {
+	ps := newBroker(t, pubsub.WithSubscribeAuth(func(ctx context.Context, user, room string) error {
+		if room == "secret/vip:é" {
+			return errors.New("members only")
+		}
+		return nil
+	}))
+	srv := libServer(t, ps, nil)
+	b := newTab(t)
+	b.open(srv.URL + "/?transport=sse&rooms=lobby,secret%2Fvip%3A%C3%A9")
+	b.waitFor("forbidden error naming the room", `events.some(e => e.kind === "error" && e.code === "forbidden" && e.room === "secret/vip:é")`)
+	b.waitFor("open with the other room", `live.state === "open" && `+subscribedTo("lobby", 1))
+	publish(t, ps, "lobby", "ok")
+	b.waitFor("lobby message", received("lobby", "ok"))
+}
