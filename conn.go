@@ -502,7 +502,7 @@ func (c *Conn) join(room string, ack *wire.Frame) error {
 	case full:
 		return ErrTooManyRooms
 	}
-	t, err := c.b.acquire(wire.KindRoom, room, c.b.subjects.Room(room))
+	t, err := c.b.acquire(wire.KindRoom, room, c.b.roomSubject(room))
 	if err != nil {
 		return err
 	}

@@ -341,6 +341,8 @@ func (c *Conn) handleFrame(p []byte, yield func([]byte) bool) bool {
 			return true
 		}
 		return yield(data)
+	case "history":
+		c.clientHistory(f)
 	case "ping":
 		c.reply(wire.Reply("pong", "", "", f.Ref))
 	default:
@@ -385,16 +387,59 @@ func (c *Conn) clientPublish(f wire.ClientFrame) {
 		c.reply(wire.Error("forbidden", "not allowed to publish to this room", f.Room, f.Ref))
 		return
 	}
-	id, err := c.b.send(c.ctx, c.b.subjects.Room(f.Room), c.user, f.Data)
+	ack, err := c.b.publishRoom(c.ctx, f.Room, c.user, f.Data)
 	if err != nil {
 		c.b.log.Error("pubsub: client publish", "room", f.Room, "err", err)
 		c.reply(wire.Error("internal", "publish failed", f.Room, f.Ref))
 		return
 	}
 	if len(f.Ref) > 0 {
-		c.reply(wire.Reply("published", f.Room, id, f.Ref))
+		c.reply(wire.Reply("published", f.Room, ack.ID, f.Ref))
 	}
 }
+
+// clientHistory answers a "history" frame: the room's recent stored
+// messages, authorized like a subscription.
+func (c *Conn) clientHistory(f wire.ClientFrame) {
+	if err := subject.ValidRoom(f.Room); err != nil {
+		c.reply(wire.Error("invalid_room", "invalid room name: "+err.Error(), truncate(f.Room), f.Ref))
+		return
+	}
+	if err := c.authorize(c.b.cfg.authSubscribe, "history", f.Room); err != nil {
+		c.reply(wire.Error("forbidden", "not allowed to read this room", f.Room, f.Ref))
+		return
+	}
+	if f.Limit < 0 || f.Limit > maxClientHistory {
+		c.reply(wire.Error("bad_request", fmt.Sprintf(`"limit" must be 0 to %d`, maxClientHistory), f.Room, f.Ref))
+		return
+	}
+	limit := f.Limit
+	if limit == 0 {
+		limit = defaultClientHistory
+	}
+	msgs, err := c.b.History(c.ctx, f.Room, limit)
+	switch {
+	case errors.Is(err, ErrNoHistory):
+		c.reply(wire.Error("no_history", "this room keeps no history", f.Room, f.Ref))
+		return
+	case err != nil:
+		c.b.log.Error("pubsub: history", "room", f.Room, "err", err)
+		c.reply(wire.Error("internal", "history failed", f.Room, f.Ref))
+		return
+	}
+	stored := make([]wire.Stored, len(msgs))
+	for i, m := range msgs {
+		stored[i] = wire.Stored{ID: m.ID, From: m.From, Data: m.Data, Time: m.Time}
+	}
+	c.reply(wire.HistoryFrame(f.Room, stored, f.Ref))
+}
+
+// A client's history request: 50 messages unless it asks, at most 100 (one
+// frame holds them all).
+const (
+	defaultClientHistory = 50
+	maxClientHistory     = 100
+)
 
 // authorize runs hook (nil allows everything) and logs a denial.
 func (c *Conn) authorize(hook AuthorizeFunc, action, room string) error {

@@ -30,6 +30,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/roomcast/pubsub/embedded"
 	"github.com/roomcast/pubsub/internal/subject"
@@ -92,6 +93,8 @@ type config struct {
 	keepAlive      time.Duration
 	pongTimeout    time.Duration
 	maxRooms       int
+	history        []historyRule
+	storeDir       string
 }
 
 // Defaults, documented on the options that change them.
@@ -186,6 +189,7 @@ type Broker struct {
 	srv      *embedded.Server
 	subjects subject.Space
 	instance string
+	hist     *historyStore // nil without history
 
 	msgSeq  atomic.Uint64
 	connSeq atomic.Uint64
@@ -236,6 +240,9 @@ func New(opts ...Option) (*Broker, error) {
 		cfg.keepAlive <= 0 || cfg.pongTimeout <= 0 || cfg.maxRooms <= 0 {
 		return nil, errors.New("pubsub: sizes, limits and durations in options must be positive")
 	}
+	if err := validateHistory(cfg.history); err != nil {
+		return nil, err
+	}
 
 	b := &Broker{
 		cfg:          cfg,
@@ -272,6 +279,12 @@ func New(opts ...Option) (*Broker, error) {
 		if eo.Logger == nil {
 			eo.Logger = cfg.logger
 		}
+		if len(cfg.history) > 0 {
+			eo.JetStream = true
+			if cfg.storeDir != "" {
+				eo.StoreDir = cfg.storeDir
+			}
+		}
 		if b.srv, err = embedded.Start(eo); err == nil {
 			b.nc, err = b.srv.Connect(natsOpts...)
 			b.ownsConn = true
@@ -284,6 +297,9 @@ func New(opts ...Option) (*Broker, error) {
 	}
 	if err == nil {
 		err = b.nc.FlushTimeout(10 * time.Second)
+	}
+	if err == nil && len(cfg.history) > 0 {
+		err = b.openHistory(b.srv == nil || cfg.storeDir != "")
 	}
 	if err != nil {
 		b.teardownNATS()
@@ -299,7 +315,7 @@ func (b *Broker) Publish(ctx context.Context, room string, data []byte) error {
 	if err := subject.ValidRoom(room); err != nil {
 		return fmt.Errorf("%w %q: %v", ErrInvalidRoom, truncate(room), err)
 	}
-	_, err := b.send(ctx, b.subjects.Room(room), "", data)
+	_, err := b.publishRoom(ctx, room, "", data)
 	return err
 }
 
@@ -328,12 +344,9 @@ func (b *Broker) send(ctx context.Context, subj, from string, data []byte) (stri
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
-	if len(data) > b.cfg.maxMessage {
-		return "", fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), b.cfg.maxMessage)
-	}
-	data, ok := wire.CompactJSON(data)
-	if !ok {
-		return "", ErrInvalidData
+	data, err := b.checkData(data)
+	if err != nil {
+		return "", err
 	}
 	id := b.nextMessageID()
 	payload := wire.AppendEnvelope(make([]byte, 0, 32+len(from)+len(data)), wire.Envelope{ID: id, From: from, Data: data})
@@ -344,6 +357,18 @@ func (b *Broker) send(ctx context.Context, subj, from string, data []byte) (stri
 		return "", fmt.Errorf("pubsub: publish: %w", err)
 	}
 	return id, nil
+}
+
+// checkData returns data as one compact JSON value within the size limit.
+func (b *Broker) checkData(data []byte) ([]byte, error) {
+	if len(data) > b.cfg.maxMessage {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), b.cfg.maxMessage)
+	}
+	data, ok := wire.CompactJSON(data)
+	if !ok {
+		return nil, ErrInvalidData
+	}
+	return data, nil
 }
 
 func (b *Broker) nextMessageID() string {
@@ -433,6 +458,9 @@ func (b *Broker) dispatch() {
 		if err != nil {
 			b.log.Warn("pubsub: dropping malformed message", "subject", m.Subject, "err", err)
 			continue
+		}
+		if env.ID == "" { // stored, then republished by the history stream
+			env.ID = m.Header.Get(jetstream.SequenceHeader)
 		}
 		if m.Sub == b.connSub {
 			b.deliverToConn(m.Subject, env)

@@ -125,8 +125,8 @@ func TestProbeNamesTheRefusedRoom(t *testing.T) {
 	}))
 	srv := serve(t, b, nil)
 	for _, tc := range []struct {
-		rooms        []string
-		status       int
+		rooms      []string
+		status     int
 		code, room string
 	}{
 		{nil, http.StatusNoContent, "", ""},

@@ -49,6 +49,8 @@ export interface Live {
   subscribe<T = unknown>(room: string, handler: (data: T, frame: Frame<T>) => void): () => void;
   /** Publishes to a room (WebSocket only, if the server allows it); resolves with the message id. */
   publish(room: string, data: unknown): Promise<string>;
+  /** The room's last stored messages, oldest first (WebSocket only; rooms with history). */
+  history<T = unknown>(room: string, limit?: number): Promise<Array<{ id: string; from?: string; time: string; data: T }>>;
   /** Sends data to a server handler reading Conn.Messages (WebSocket only). */
   send(data: unknown): Promise<void>;
   on(event: "state", fn: (state: State, detail?: StateDetail) => void): () => void;

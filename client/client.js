@@ -53,6 +53,10 @@ export function connect(url, opts = {}) {
     // rejects with an Error carrying .code (e.g. "forbidden").
     publish(room, data) { return request({ type: "publish", room, data }, "publish"); },
 
+    // history resolves with the room's last stored messages (oldest first,
+    // each { id, from, time, data }), where the server keeps history.
+    history(room, limit = 50) { return request({ type: "history", room, limit }, "read history"); },
+
     // send delivers data to a server handler that reads Conn.Messages.
     send(data) { return request({ type: "send", data }, "send", true); },
 
@@ -139,10 +143,11 @@ export function connect(url, opts = {}) {
         emit("direct", f.data, f);
         emit("message", f.data, f);
         break;
-      case "published": {
+      case "published":
+      case "history": {
         const p = pending.get(f.ref);
         pending.delete(f.ref);
-        p?.resolve(f.id);
+        p?.resolve(f.type === "history" ? f.messages : f.id);
         break;
       }
       case "error": {

@@ -352,3 +352,25 @@ func TestBrowserSSERefusedRoomIsDroppedAndReported(t *testing.T) {
 	publish(t, ps, "lobby", "ok")
 	b.waitFor("lobby message", received("lobby", "ok"))
 }
+
+// The page reads a room's recent history through the client.
+func TestBrowserReadsHistory(t *testing.T) {
+	ps := newBroker(t, pubsub.WithHistory("chat:*", pubsub.History{Messages: 10}))
+	for _, text := range []string{"one", "two", "three"} {
+		publish(t, ps, "chat:x", text)
+	}
+	srv := libServer(t, ps, nil)
+	b := newTab(t)
+	b.open(srv.URL + "/")
+	b.waitFor("open", openWS)
+	var got string
+	b.eval(`live.history("chat:x", 2).then(ms => ms.map(m => m.data.text + "@" + m.id).join(","))`, &got)
+	if got != "two@2,three@3" {
+		t.Fatalf("history: %q", got)
+	}
+	var code string
+	b.eval(`live.history("lobby").then(() => "ok", e => e.code)`, &code)
+	if code != "no_history" {
+		t.Fatalf("history of a plain room: %q", code)
+	}
+}

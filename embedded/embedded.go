@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -35,6 +36,12 @@ type Options struct {
 	// start-up chatter, are logged at Debug level. Default: no logging.
 	Logger *slog.Logger
 
+	// JetStream enables persistence (the broker's room history). Its files go
+	// to StoreDir; without one, to a private temporary folder removed on
+	// Shutdown (memory streams write nothing there).
+	JetStream bool
+	StoreDir  string
+
 	// ReadyTimeout bounds start-up. Default 10s.
 	ReadyTimeout time.Duration
 
@@ -46,7 +53,8 @@ type Options struct {
 
 // Server is a running embedded NATS server.
 type Server struct {
-	ns *server.Server
+	ns      *server.Server
+	tempDir string // removed on Shutdown
 }
 
 // Start starts a server and waits until it accepts connections.
@@ -64,12 +72,27 @@ func Start(opts Options) (*Server, error) {
 			so.Port = -1 // 0 means 4222 to nats-server; a library must not squat it
 		}
 	}
+	var tempDir string
+	if opts.JetStream {
+		so.JetStream = true
+		so.StoreDir = opts.StoreDir
+		if so.StoreDir == "" {
+			var err error
+			if tempDir, err = os.MkdirTemp("", "roomcast-nats-"); err != nil {
+				return nil, fmt.Errorf("embedded nats: %w", err)
+			}
+			so.StoreDir = tempDir
+		}
+	}
 	if opts.Configure != nil {
 		opts.Configure(so)
 		so.NoSigs = true
 	}
 	ns, err := server.NewServer(so)
 	if err != nil {
+		if tempDir != "" {
+			os.RemoveAll(tempDir)
+		}
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	if opts.Logger != nil {
@@ -83,9 +106,12 @@ func Start(opts Options) (*Server, error) {
 	if !ns.ReadyForConnections(timeout) {
 		ns.Shutdown()
 		ns.WaitForShutdown()
+		if tempDir != "" {
+			os.RemoveAll(tempDir)
+		}
 		return nil, errors.New("embedded nats: not ready in time")
 	}
-	return &Server{ns: ns}, nil
+	return &Server{ns: ns, tempDir: tempDir}, nil
 }
 
 // Connect returns a client connection over an in-process pipe.
@@ -108,6 +134,9 @@ func (s *Server) NATS() *server.Server { return s.ns }
 func (s *Server) Shutdown() {
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
+	if s.tempDir != "" {
+		os.RemoveAll(s.tempDir)
+	}
 }
 
 type slogAdapter struct{ l *slog.Logger }

@@ -106,6 +106,14 @@ var enc = base64.RawURLEncoding
 // Room is the subject of a validated room name.
 func (s Space) Room(room string) string { return s.ns + ".room." + enc.EncodeToString([]byte(room)) }
 
+// Hist is where a message of a room with history is stored (the stream
+// captures HistWildcard); Live is where the stream republishes it, with its
+// sequence, once stored. Subscribers of such a room listen on Live.
+func (s Space) Hist(room string) string { return s.ns + ".hist." + enc.EncodeToString([]byte(room)) }
+func (s Space) Live(room string) string { return s.ns + ".live." + enc.EncodeToString([]byte(room)) }
+func (s Space) HistWildcard() string    { return s.ns + ".hist.>" }
+func (s Space) LiveWildcard() string    { return s.ns + ".live.>" }
+
 // User is the subject of a validated user id.
 func (s Space) User(user string) string { return s.ns + ".user." + enc.EncodeToString([]byte(user)) }
 

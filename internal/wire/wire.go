@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"time"
 	"unicode/utf8"
 )
 
@@ -217,6 +218,40 @@ type ClientFrame struct {
 	// LastID is the id of the last message of Room the client has, for a
 	// server with history to resume from. Without history it is ignored.
 	LastID string `json:"last_id"`
+	Limit  int    `json:"limit"` // of a history request
+}
+
+// Stored is a stored message in a history frame.
+type Stored struct {
+	ID   string
+	From string
+	Data []byte
+	Time time.Time
+}
+
+// HistoryFrame answers a history request with the room's stored messages,
+// oldest first.
+func HistoryFrame(room string, msgs []Stored, ref json.RawMessage) *Frame {
+	b := append([]byte(`{"type":"history","room":`), AppendString(nil, room)...)
+	b = appendRef(b, ref)
+	b = append(b, `,"messages":[`...)
+	for i, m := range msgs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"id":`...)
+		b = AppendString(b, m.ID)
+		if m.From != "" {
+			b = append(b, `,"from":`...)
+			b = AppendString(b, m.From)
+		}
+		b = append(b, `,"time":`...)
+		b = AppendString(b, m.Time.UTC().Format(time.RFC3339Nano))
+		b = append(b, `,"data":`...)
+		b = append(b, m.Data...)
+		b = append(b, '}')
+	}
+	return &Frame{JSON: append(b, "]}"...)}
 }
 
 // MaxRefLen bounds the client's correlation token, which is echoed back.

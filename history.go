@@ -1,0 +1,296 @@
+package pubsub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/roomcast/pubsub/internal/subject"
+	"github.com/roomcast/pubsub/internal/wire"
+)
+
+// History is how much of a room's past the broker keeps. At least one
+// limit must be set: nothing is kept forever.
+type History struct {
+	Messages int           // keep the room's last Messages messages (0: no count limit)
+	MaxAge   time.Duration // drop messages older than MaxAge (0: no age limit)
+}
+
+// Message is a stored message of a room with history.
+type Message struct {
+	ID   string          // the id clients saw it with: its position in the store
+	Room string          //
+	From string          // the publishing client's user, "" for server code
+	Data json.RawMessage //
+	Time time.Time       // when it was stored
+}
+
+// Ack reports a published message.
+type Ack struct {
+	ID     string // the id subscribers receive the message with
+	Stored bool   // the room has history: the message is stored
+}
+
+// ErrNoHistory: the room has no history configured.
+var ErrNoHistory = errors.New("pubsub: room has no history")
+
+// MaxHistoryLimit bounds one History call and one client "history" request.
+const MaxHistoryLimit = 1000
+
+// WithHistory keeps history for the rooms whose names match pattern
+// (path.Match syntax: "chat:*"; "*" is every room). Repeat it for several
+// patterns; the first that matches a room decides. History lives in
+// JetStream on the broker's NATS (enabled on the embedded server; an
+// external server must have JetStream), in one stream for all rooms. Rooms
+// without history keep the plain path, with no JetStream cost.
+func WithHistory(pattern string, h History) Option {
+	return func(c *config) { c.history = append(c.history, historyRule{pattern, h}) }
+}
+
+// WithStoreDir keeps history in files under dir, so it survives restarts
+// (embedded server). Without it, history is in memory. With an external
+// NATS server history always uses file storage.
+func WithStoreDir(dir string) Option { return func(c *config) { c.storeDir = dir } }
+
+type historyRule struct {
+	pattern string
+	h       History
+}
+
+// Limits of the history stream.
+const (
+	historyMemoryBytes = 256 << 20
+	historyFileBytes   = 1 << 30
+)
+
+// historyStore is the broker's JetStream side.
+type historyStore struct {
+	js      jetstream.JetStream
+	stream  jetstream.Stream
+	name    string
+	maxKeep int // the stream's per-room count limit, the largest of the rules
+}
+
+func validateHistory(rules []historyRule) error {
+	for _, r := range rules {
+		if _, err := path.Match(r.pattern, ""); err != nil {
+			return fmt.Errorf("pubsub: history pattern %q: %w", r.pattern, err)
+		}
+		if r.h.Messages < 0 || r.h.MaxAge < 0 || (r.h.Messages == 0 && r.h.MaxAge == 0) {
+			return fmt.Errorf("pubsub: history for %q needs a positive Messages or MaxAge", r.pattern)
+		}
+		if r.h.MaxAge > 0 && r.h.MaxAge < time.Second {
+			return fmt.Errorf("pubsub: history MaxAge for %q is under a second", r.pattern)
+		}
+	}
+	return nil
+}
+
+// openHistory creates or updates the one stream that holds every room's
+// history. Once stored, the stream republishes each message, with its
+// sequence in the headers, on the room's live subject: subscribers get
+// messages in store order, with their store position as id.
+func (b *Broker) openHistory(file bool) error {
+	hs := &historyStore{name: strings.ToUpper(strings.ReplaceAll(b.cfg.namespace, "-", "_")) + "_HISTORY"}
+	perRoom := int64(-1)
+	for _, r := range b.cfg.history {
+		if r.h.Messages == 0 { // an age-only rule: no count limit for the stream
+			hs.maxKeep = 0
+			break
+		}
+		hs.maxKeep = max(hs.maxKeep, r.h.Messages)
+	}
+	if hs.maxKeep > 0 {
+		perRoom = int64(hs.maxKeep)
+	}
+	cfg := jetstream.StreamConfig{
+		Name:              hs.name,
+		Description:       "roomcast/pubsub room history",
+		Subjects:          []string{b.subjects.HistWildcard()},
+		Storage:           jetstream.MemoryStorage,
+		MaxBytes:          historyMemoryBytes,
+		MaxMsgsPerSubject: perRoom,
+		Discard:           jetstream.DiscardOld,
+		AllowDirect:       true,
+		AllowMsgTTL:       true,
+		RePublish:         &jetstream.RePublish{Source: b.subjects.HistWildcard(), Destination: b.subjects.LiveWildcard()},
+	}
+	if file {
+		cfg.Storage, cfg.MaxBytes = jetstream.FileStorage, historyFileBytes
+	}
+	var err error
+	if hs.js, err = jetstream.New(b.nc); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if hs.stream, err = hs.js.CreateOrUpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("history stream: %w", err)
+	}
+	b.hist = hs
+	return nil
+}
+
+// historyFor returns the history rule of room, if any.
+func (b *Broker) historyFor(room string) (History, bool) {
+	if b.hist == nil {
+		return History{}, false
+	}
+	for _, r := range b.cfg.history {
+		if ok, _ := path.Match(r.pattern, room); ok {
+			return r.h, true
+		}
+	}
+	return History{}, false
+}
+
+// roomSubject is the subject subscribers of room listen on.
+func (b *Broker) roomSubject(room string) string {
+	if _, ok := b.historyFor(room); ok {
+		return b.subjects.Live(room)
+	}
+	return b.subjects.Room(room)
+}
+
+// publishRoom publishes to a validated room: stored first for a room with
+// history, straight to subscribers otherwise.
+func (b *Broker) publishRoom(ctx context.Context, room, from string, data []byte) (Ack, error) {
+	h, ok := b.historyFor(room)
+	if !ok {
+		id, err := b.send(ctx, b.subjects.Room(room), from, data)
+		return Ack{ID: id}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Ack{}, err
+	}
+	data, err := b.checkData(data)
+	if err != nil {
+		return Ack{}, err
+	}
+	subj := b.subjects.Hist(room)
+	var opts []jetstream.PublishOpt
+	if h.MaxAge > 0 {
+		opts = append(opts, jetstream.WithMsgTTL(h.MaxAge))
+	}
+	// The id is the store position, known once stored: the payload has none.
+	pub, err := b.hist.js.Publish(ctx, subj, wire.AppendEnvelope(nil, wire.Envelope{From: from, Data: data}), opts...)
+	if err != nil {
+		if errors.Is(err, nats.ErrConnectionClosed) {
+			return Ack{}, ErrClosed
+		}
+		return Ack{}, fmt.Errorf("pubsub: storing: %w", err)
+	}
+	if h.Messages > 0 && (b.hist.maxKeep == 0 || h.Messages < b.hist.maxKeep) {
+		// The stream keeps maxKeep per room; this room keeps fewer.
+		if err := b.hist.stream.Purge(ctx, jetstream.WithPurgeSubject(subj), jetstream.WithPurgeKeep(uint64(h.Messages))); err != nil {
+			b.log.Warn("pubsub: trimming history", "room", room, "err", err)
+		}
+	}
+	return Ack{ID: strconv.FormatUint(pub.Sequence, 10), Stored: true}, nil
+}
+
+// PublishAck is Publish reporting the message's id. For a room with
+// history it returns once the message is stored, so an HTTP handler can
+// tell its caller the message is durable.
+func (b *Broker) PublishAck(ctx context.Context, room string, data []byte) (Ack, error) {
+	if err := subject.ValidRoom(room); err != nil {
+		return Ack{}, fmt.Errorf("%w %q: %v", ErrInvalidRoom, truncate(room), err)
+	}
+	return b.publishRoom(ctx, room, "", data)
+}
+
+// History returns up to limit (at most MaxHistoryLimit) of the most recent
+// stored messages of room, oldest first. It reads the room's whole retained
+// history, so its cost grows with the room's limits. Authorize callers as
+// for a subscription: clients asking through the protocol are checked with
+// the subscribe hook.
+func (b *Broker) History(ctx context.Context, room string, limit int) ([]Message, error) {
+	if err := subject.ValidRoom(room); err != nil {
+		return nil, fmt.Errorf("%w %q: %v", ErrInvalidRoom, truncate(room), err)
+	}
+	if _, ok := b.historyFor(room); !ok {
+		return nil, ErrNoHistory
+	}
+	limit = min(max(limit, 0), MaxHistoryLimit)
+	ring := make([]Message, 0, limit)
+	next := 0
+	err := b.readStored(ctx, b.subjects.Hist(room), 0, func(m Message) {
+		m.Room = room
+		if limit == 0 {
+			return
+		}
+		if len(ring) < limit {
+			ring = append(ring, m)
+			return
+		}
+		ring[next] = m
+		next = (next + 1) % limit
+	})
+	if err != nil {
+		return nil, err
+	}
+	return append(ring[next:], ring[:next]...), nil
+}
+
+// storedBatch is how many messages one direct get request asks for.
+const storedBatch = 1000
+
+// readStored calls fn with every stored message of subj after sequence
+// after, in order, with batched direct gets (one request per thousand).
+func (b *Broker) readStored(ctx context.Context, subj string, after uint64, fn func(Message)) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+	}
+	inbox := b.nc.NewRespInbox()
+	sub, err := b.nc.SubscribeSync(inbox)
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	apiSubj := "$JS.API.DIRECT.GET." + b.hist.name
+	for {
+		req, _ := json.Marshal(map[string]any{"seq": after + 1, "next_by_subj": subj, "batch": storedBatch})
+		if err := b.nc.PublishRequest(apiSubj, inbox, req); err != nil {
+			return err
+		}
+		got := 0
+		for {
+			m, err := sub.NextMsgWithContext(ctx)
+			if err != nil {
+				return fmt.Errorf("pubsub: reading history: %w", err)
+			}
+			status := m.Header.Get("Status")
+			if status == "404" { // nothing (more) stored
+				return nil
+			}
+			if status == "204" { // the end of a batch: ask for the next, if it was full
+				if got < storedBatch {
+					return nil
+				}
+				break
+			}
+			if status != "" {
+				return fmt.Errorf("pubsub: reading history: %s %s", status, m.Header.Get("Description"))
+			}
+			seq, _ := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+			env, err := wire.ParseEnvelope(m.Data)
+			if err != nil || seq == 0 {
+				continue
+			}
+			ts, _ := time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
+			fn(Message{ID: strconv.FormatUint(seq, 10), From: env.From, Data: env.Data, Time: ts})
+			after = seq
+			got++
+		}
+	}
+}
