@@ -57,6 +57,8 @@ type Conn struct {
 	closeReason string
 	err         error
 	served      bool
+	replaying   map[*topic]*replayBuf // rooms being resumed: live frames wait here
+	drained     chan struct{}         // signalled when the writer takes a batch, for paced replays
 
 	bg         sync.WaitGroup // writer and keep-alive goroutines
 	done       chan struct{}
@@ -295,6 +297,12 @@ func (c *Conn) takeQueue() (batch []*wire.Frame, closing bool) {
 	batch = c.queue
 	c.queue, c.spare = c.spare, nil
 	c.queueBytes = 0
+	if c.drained != nil {
+		select {
+		case c.drained <- struct{}{}:
+		default:
+		}
+	}
 	return batch, false
 }
 
@@ -488,6 +496,13 @@ func (c *Conn) reply(f *wire.Frame) {
 // critical section, so the client sees the ack before any message of the
 // room.
 func (c *Conn) join(room string, ack *wire.Frame) error {
+	_, _, err := c.joinTopic(room, ack, false)
+	return err
+}
+
+// joinTopic is join; with replay, the room starts in replay mode (see
+// resume.go) and the caller must start the resume when added is true.
+func (c *Conn) joinTopic(room string, ack *wire.Frame, replay bool) (t *topic, added bool, err error) {
 	c.mu.Lock()
 	_, member := c.rooms[room]
 	full := len(c.rooms) >= c.b.cfg.maxRooms
@@ -495,18 +510,18 @@ func (c *Conn) join(room string, ack *wire.Frame) error {
 	c.mu.Unlock()
 	switch {
 	case closing:
-		return ErrClosed
+		return nil, false, ErrClosed
 	case member:
 		c.reply(ack)
-		return nil
+		return nil, false, nil
 	case full:
-		return ErrTooManyRooms
+		return nil, false, ErrTooManyRooms
 	}
-	t, err := c.b.acquire(wire.KindRoom, room, c.b.roomSubject(room))
+	t, err = c.b.acquire(wire.KindRoom, room, c.b.roomSubject(room))
 	if err != nil {
-		return err
+		return nil, false, err
 	}
-	added, err := c.addMember(t, func() error {
+	added, err = c.addMember(t, func() error {
 		if _, ok := c.rooms[room]; ok {
 			return nil // joined concurrently
 		}
@@ -514,12 +529,33 @@ func (c *Conn) join(room string, ack *wire.Frame) error {
 			return ErrTooManyRooms
 		}
 		c.rooms[room] = t
+		if replay {
+			if c.replaying == nil {
+				c.replaying = make(map[*topic]*replayBuf)
+			}
+			c.replaying[t] = &replayBuf{}
+		}
 		return nil
 	}, ack)
 	if !added {
 		c.b.release(t)
 	}
-	return err
+	return t, added, err
+}
+
+// startResume runs the resume of rooms in a goroutine of the connection.
+func (c *Conn) startResume(rooms map[*topic]string, after uint64, ref []byte) {
+	if len(rooms) == 0 {
+		return
+	}
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.bg.Add(1)
+	c.mu.Unlock()
+	go c.resume(rooms, after, ref)
 }
 
 // addMember makes c a member of t if register (run under c.mu) allows it
@@ -558,6 +594,7 @@ func (c *Conn) leave(room string, ack *wire.Frame) error {
 	c.mu.Lock()
 	t := c.rooms[room]
 	delete(c.rooms, room)
+	delete(c.replaying, t)
 	c.mu.Unlock()
 	if t != nil {
 		c.b.removeMember(t, c)

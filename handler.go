@@ -147,7 +147,7 @@ func (b *Broker) acceptWebSocket(w http.ResponseWriter, r *http.Request, ctx con
 		return nil, err
 	}
 	for _, room := range rooms {
-		c.clientSubscribe(room, nil)
+		c.clientSubscribe(room, "", nil)
 	}
 	return c, nil
 }
@@ -321,7 +321,7 @@ func (c *Conn) handleFrame(p []byte, yield func([]byte) bool) bool {
 	}
 	switch f.Type {
 	case "subscribe":
-		c.clientSubscribe(f.Room, f.Ref)
+		c.clientSubscribe(f.Room, f.LastID, f.Ref)
 	case "unsubscribe":
 		if err := subject.ValidRoom(f.Room); err != nil {
 			c.reply(wire.Error("invalid_room", "invalid room name: "+err.Error(), truncate(f.Room), f.Ref))
@@ -351,7 +351,7 @@ func (c *Conn) handleFrame(p []byte, yield func([]byte) bool) bool {
 	return true
 }
 
-func (c *Conn) clientSubscribe(room string, ref []byte) {
+func (c *Conn) clientSubscribe(room, lastID string, ref []byte) {
 	if err := subject.ValidRoom(room); err != nil {
 		c.reply(wire.Error("invalid_room", "invalid room name: "+err.Error(), truncate(room), ref))
 		return
@@ -360,7 +360,19 @@ func (c *Conn) clientSubscribe(room string, ref []byte) {
 		c.reply(wire.Error("forbidden", "not allowed to subscribe to this room", room, ref))
 		return
 	}
-	switch err := c.join(room, wire.Reply("subscribed", room, "", ref)); {
+	var pos uint64
+	if _, history := c.b.historyFor(room); history && lastID != "" {
+		var err error
+		if pos, err = parsePosition(lastID); err != nil {
+			c.reply(wire.Error("invalid_id", err.Error(), room, ref))
+			return
+		}
+	}
+	t, added, err := c.joinTopic(room, wire.Reply("subscribed", room, "", ref), pos > 0)
+	if added && pos > 0 {
+		c.startResume(map[*topic]string{t: room}, pos, ref)
+	}
+	switch {
 	case err == nil, errors.Is(err, ErrClosed):
 	case errors.Is(err, ErrTooManyRooms):
 		c.reply(wire.Error("too_many_rooms", fmt.Sprintf("at most %d rooms per connection", c.b.cfg.maxRooms), room, ref))

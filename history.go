@@ -222,17 +222,18 @@ func (b *Broker) History(ctx context.Context, room string, limit int) ([]Message
 	limit = min(max(limit, 0), MaxHistoryLimit)
 	ring := make([]Message, 0, limit)
 	next := 0
-	err := b.readStored(ctx, b.subjects.Hist(room), 0, func(m Message) {
+	err := b.readStoredRaw(ctx, b.subjects.Hist(room), 0, func(_ string, m Message) bool {
 		m.Room = room
 		if limit == 0 {
-			return
+			return false
 		}
 		if len(ring) < limit {
 			ring = append(ring, m)
-			return
+			return true
 		}
 		ring[next] = m
 		next = (next + 1) % limit
+		return true
 	})
 	if err != nil {
 		return nil, err
@@ -243,9 +244,10 @@ func (b *Broker) History(ctx context.Context, room string, limit int) ([]Message
 // storedBatch is how many messages one direct get request asks for.
 const storedBatch = 1000
 
-// readStored calls fn with every stored message of subj after sequence
-// after, in order, with batched direct gets (one request per thousand).
-func (b *Broker) readStored(ctx context.Context, subj string, after uint64, fn func(Message)) error {
+// readStoredRaw calls fn with every stored message matching filter (a
+// subject, or a wildcard) after position after, in order, with batched
+// direct gets (one request per thousand), until fn returns false.
+func (b *Broker) readStoredRaw(ctx context.Context, filter string, after uint64, fn func(subj string, m Message) bool) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
@@ -259,7 +261,7 @@ func (b *Broker) readStored(ctx context.Context, subj string, after uint64, fn f
 	defer sub.Unsubscribe()
 	apiSubj := "$JS.API.DIRECT.GET." + b.hist.name
 	for {
-		req, _ := json.Marshal(map[string]any{"seq": after + 1, "next_by_subj": subj, "batch": storedBatch})
+		req, _ := json.Marshal(map[string]any{"seq": after + 1, "next_by_subj": filter, "batch": storedBatch})
 		if err := b.nc.PublishRequest(apiSubj, inbox, req); err != nil {
 			return err
 		}
@@ -288,9 +290,11 @@ func (b *Broker) readStored(ctx context.Context, subj string, after uint64, fn f
 				continue
 			}
 			ts, _ := time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
-			fn(Message{ID: strconv.FormatUint(seq, 10), From: env.From, Data: env.Data, Time: ts})
 			after = seq
 			got++
+			if !fn(m.Header.Get(jetstream.SubjectHeader), Message{ID: strconv.FormatUint(seq, 10), From: env.From, Data: env.Data, Time: ts}) {
+				return nil
+			}
 		}
 	}
 }

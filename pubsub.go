@@ -459,7 +459,8 @@ func (b *Broker) dispatch() {
 			b.log.Warn("pubsub: dropping malformed message", "subject", m.Subject, "err", err)
 			continue
 		}
-		if env.ID == "" { // stored, then republished by the history stream
+		stored := env.ID == ""
+		if stored { // stored, then republished by the history stream
 			env.ID = m.Header.Get(jetstream.SequenceHeader)
 		}
 		if m.Sub == b.connSub {
@@ -472,7 +473,9 @@ func (b *Broker) dispatch() {
 		if t == nil || t.sub != m.Sub {
 			continue // unsubscribed while the message was queued
 		}
-		slow = t.fanout(wire.MessageFrame(t.kind, t.name, env), slow)
+		f := wire.MessageFrame(t.kind, t.name, env)
+		f.Stored = stored
+		slow = t.fanout(f, slow)
 	}
 }
 
@@ -481,7 +484,7 @@ func (b *Broker) dispatch() {
 func (t *topic) fanout(f *wire.Frame, slow []*Conn) []*Conn {
 	t.mu.RLock()
 	for c := range t.members {
-		if !c.enqueue(f) {
+		if !c.enqueueFrom(t, f) {
 			slow = append(slow, c)
 		}
 	}

@@ -2,6 +2,7 @@ package pubsub
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -66,6 +67,17 @@ func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.C
 	if err := c.refuseRooms(w, rooms); err != nil {
 		return nil, err
 	}
+	// The resume cursor: the browser's Last-Event-ID on its own reconnects,
+	// the query for a first connection (EventSource cannot set headers).
+	var pos uint64
+	if id := cmp.Or(r.Header.Get("Last-Event-ID"), r.URL.Query().Get("last_event_id")); id != "" && b.hist != nil {
+		var err error
+		if pos, err = parsePosition(id); err != nil {
+			w.Header().Set("Roomcast-Error", "invalid_id")
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return nil, err
+		}
+	}
 	s := &sseStream{w: w, rc: http.NewResponseController(w), reqDone: r.Context().Done(), wake: make(chan struct{}, 1)}
 	h := w.Header()
 	for k, v := range sseHeaders {
@@ -98,14 +110,21 @@ func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.C
 		}
 		return nil, err
 	}
+	resume := map[*topic]string{}
 	for _, room := range rooms {
-		switch err := c.join(room, wire.Reply("subscribed", room, "", nil)); {
+		_, history := b.historyFor(room)
+		t, added, err := c.joinTopic(room, wire.Reply("subscribed", room, "", nil), pos > 0 && history)
+		switch {
 		case err == nil, errors.Is(err, ErrClosed):
+			if added && pos > 0 && history {
+				resume[t] = room
+			}
 		default:
 			b.log.Error("pubsub: subscribe", "room", room, "err", err)
 			c.reply(wire.Error("internal", "subscribe failed", room, nil))
 		}
 	}
+	c.startResume(resume, pos, nil)
 	return c, nil
 }
 
@@ -164,7 +183,7 @@ func (s *sseStream) write(c *Conn, frames ...*wire.Frame) error {
 			buf = append(buf, ":\n\n"...)
 			continue
 		}
-		if f.ID != "" {
+		if f.Stored { // EventSource keeps the last one: it is the resume cursor
 			buf = append(buf, "id: "...)
 			buf = append(buf, f.ID...)
 			buf = append(buf, '\n')

@@ -58,6 +58,8 @@ export interface Live {
   on(event: "error", fn: (err: ClientError) => void): () => void;
   /** A subscription took effect: messages published from now on arrive. */
   on(event: "subscribed", fn: (room: string) => void): () => void;
+  /** After a reconnect, the server could not replay everything missed in room: refetch its state. */
+  on(event: "truncated", fn: (room: string) => void): () => void;
   on<T = unknown>(event: "direct" | "message", fn: (data: T, frame: Frame<T>) => void): () => void;
   /** Closes for good: no reconnect. */
   close(): void;

@@ -61,7 +61,8 @@ export function connect(url, opts = {}) {
     send(data) { return request({ type: "send", data }, "send", true); },
 
     // on(event, fn): "state", "open", "closed", "error", "subscribed" (room),
-    // "direct", "message".
+    // "truncated" (room: messages were missed for good, refetch), "direct",
+    // "message".
     // Returns a function that removes the listener.
     on(event, fn) {
       if (!listeners.has(event)) listeners.set(event, new Set());
@@ -139,6 +140,9 @@ export function connect(url, opts = {}) {
       case "subscribed":
         emit("subscribed", f.room);
         break;
+      case "truncated": // the server no longer has all we missed: refetch state
+        emit("truncated", f.room);
+        break;
       case "direct":
         emit("direct", f.data, f);
         emit("message", f.data, f);
@@ -151,6 +155,13 @@ export function connect(url, opts = {}) {
         break;
       }
       case "error": {
+        const r = rooms.get(f.room);
+        if (f.code === "invalid_id" && r?.lastId) { // a position the server cannot use: subscribe afresh
+          r.lastId = "";
+          emit("truncated", f.room);
+          if (ws?.readyState === 1) sendFrame({ type: "subscribe", room: f.room });
+          break;
+        }
         const p = pending.get(f.ref);
         pending.delete(f.ref);
         if (!p) fail(f); // an event, when no promise can carry it
@@ -227,6 +238,11 @@ export function connect(url, opts = {}) {
       // same rooms: a refused room is named in the answer's headers.
       es = null;
       probe(sseURL()).then(({ status, error, room }) => {
+        if (error === "invalid_id") {
+          lastEventId = "";
+          for (const room of rooms.keys()) emit("truncated", room);
+          return dropped(1006, "invalid resume position");
+        }
         if (room && rooms.has(room)) {
           rooms.delete(room);
           fail({ code: error, room, message: `the server refused room ${room}` });

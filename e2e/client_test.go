@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -26,6 +27,7 @@ const log = (e) => { events.push(e); document.querySelector("#log").textContent 
 const live = (window.live = connect("/live", { transport: q.get("transport") || "auto", minDelay: 50, maxDelay: 500 }));
 live.on("state", (s, d) => log({ kind: "state", state: s, code: d && d.code, transport: live.transport }));
 live.on("subscribed", (room) => log({ kind: "subscribed", room }));
+live.on("truncated", (room) => log({ kind: "truncated", room }));
 live.on("error", (e) => log({ kind: "error", code: e.code, room: e.room }));
 live.on("direct", (data, f) => log({ kind: "direct", to: f.to, text: data.text }));
 window.join = (room) => live.subscribe(room, (data, f) => log({ kind: "message", room, text: data.text, id: f.id }));
@@ -163,6 +165,14 @@ type proxy struct {
 	mu      sync.Mutex
 	backend string
 	conns   []net.Conn
+	refused bool
+}
+
+// refuse makes new connections fail (closed at once) while on.
+func (p *proxy) refuse(on bool) {
+	p.mu.Lock()
+	p.refused = on
+	p.mu.Unlock()
 }
 
 func newProxy(t *testing.T, backend string) *proxy {
@@ -178,6 +188,11 @@ func newProxy(t *testing.T, backend string) *proxy {
 				return
 			}
 			p.mu.Lock()
+			if p.refused {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
 			be, err := net.Dial("tcp", p.backend)
 			if err != nil {
 				p.mu.Unlock()
@@ -372,5 +387,47 @@ func TestBrowserReadsHistory(t *testing.T) {
 	b.eval(`live.history("lobby").then(() => "ok", e => e.code)`, &code)
 	if code != "no_history" {
 		t.Fatalf("history of a plain room: %q", code)
+	}
+}
+
+// The client resumes by itself: messages published while it was cut off
+// arrive after the reconnect, once each, in order.
+func TestBrowserResumesWithoutLoss(t *testing.T) {
+	for _, transport := range []string{"websocket", "sse"} {
+		t.Run(transport, func(t *testing.T) {
+			ps := newBroker(t, pubsub.WithHistory("chat:*", pubsub.History{Messages: 1000}))
+			srv := libServer(t, ps, nil)
+			p := newProxy(t, srv.Listener.Addr().String())
+			b := newTab(t)
+			b.open(p.url() + "/?rooms=chat:r&transport=" + transport)
+			b.waitFor("subscribed", subscribedTo("chat:r", 1)+` && live.transport === `+jsString(transport))
+			for i := range 5 {
+				publish(t, ps, "chat:r", strconv.Itoa(i))
+			}
+			b.waitFor("first five", received("chat:r", "4"))
+			p.cut()
+			p.refuse(true) // stays away while the room moves on
+			for i := 5; i < 25; i++ {
+				publish(t, ps, "chat:r", strconv.Itoa(i))
+			}
+			p.refuse(false)
+			b.waitFor("all 25", received("chat:r", "24"))
+			publish(t, ps, "chat:r", "25")
+			b.waitFor("live again", received("chat:r", "25"))
+			var got string
+			b.eval(`events.filter(e => e.kind === "message").map(e => e.text).join(",")`, &got)
+			want := make([]string, 26)
+			for i := range want {
+				want[i] = strconv.Itoa(i)
+			}
+			if got != strings.Join(want, ",") {
+				t.Fatalf("page received %s", got)
+			}
+			var truncated bool
+			b.eval(`events.some(e => e.kind === "truncated")`, &truncated)
+			if truncated {
+				t.Fatal("a lossless resume was reported truncated")
+			}
+		})
 	}
 }

@@ -81,8 +81,9 @@ func CompactJSON(data []byte) ([]byte, bool) {
 // Frame is one server-to-client frame: a single-line JSON object shared,
 // read-only, by every connection it is queued on.
 type Frame struct {
-	ID   string // message id, for the SSE "id:" field; "" for control frames
-	JSON []byte
+	ID     string // message id; "" for control frames
+	JSON   []byte
+	Stored bool // ID is a store position: the SSE "id:" field, a resume cursor
 }
 
 // Kinds of message frames.
