@@ -310,7 +310,10 @@ func New(opts ...Option) (*Broker, error) {
 }
 
 // Publish sends data, one JSON value, to every connection in room, on every
-// instance. It returns once NATS has the message; delivery is at most once.
+// instance. For a room without history it returns once NATS has the message
+// and delivery is at most once; for a room with history (WithHistory) it
+// returns once the message is stored, and clients that reconnect get it.
+// PublishAck also reports the message's id.
 func (b *Broker) Publish(ctx context.Context, room string, data []byte) error {
 	if err := subject.ValidRoom(room); err != nil {
 		return fmt.Errorf("%w %q: %v", ErrInvalidRoom, truncate(room), err)
