@@ -438,6 +438,12 @@ func (c *Conn) closeWith(code int, reason string, err error, drain bool) {
 	}
 	c.closing = true
 	c.closeCode, c.closeReason, c.err = code, reason, err
+	if c.drained != nil { // a paced replay waits there: let it see the close
+		select {
+		case c.drained <- struct{}{}:
+		default:
+		}
+	}
 	if !drain {
 		clear(c.queue)
 		c.queue, c.queueBytes = c.queue[:0], 0
@@ -543,20 +549,6 @@ func (c *Conn) joinTopic(room string, ack *wire.Frame, replay bool) (t *topic, a
 	return t, added, err
 }
 
-// startResume runs the resume of rooms in a goroutine of the connection.
-func (c *Conn) startResume(rooms map[*topic]string, after uint64, ref []byte) {
-	if len(rooms) == 0 {
-		return
-	}
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return
-	}
-	c.bg.Add(1)
-	c.mu.Unlock()
-	go c.resume(rooms, after, ref)
-}
 
 // addMember makes c a member of t if register (run under c.mu) allows it
 // and queues ack. Lock order is topic, then connection, as in dispatch; and

@@ -222,7 +222,7 @@ func (b *Broker) History(ctx context.Context, room string, limit int) ([]Message
 	limit = min(max(limit, 0), MaxHistoryLimit)
 	ring := make([]Message, 0, limit)
 	next := 0
-	err := b.readStoredRaw(ctx, b.subjects.Hist(room), 0, func(_ string, m Message) bool {
+	_, err := b.readStoredRaw(ctx, b.subjects.Hist(room), 0, 0, func(_ string, m Message) bool {
 		m.Room = room
 		if limit == 0 {
 			return false
@@ -241,60 +241,72 @@ func (b *Broker) History(ctx context.Context, room string, limit int) ([]Message
 	return append(ring[next:], ring[:next]...), nil
 }
 
-// storedBatch is how many messages one direct get request asks for.
-const storedBatch = 1000
+// One direct get request asks for at most storedBatch messages and
+// storedBatchBytes bytes: a batch must never fill the server's outbound
+// buffer for the broker's shared connection.
+const (
+	storedBatch      = 1000
+	storedBatchBytes = 1 << 20
+)
 
 // readStoredRaw calls fn with every stored message matching filter (a
 // subject, or a wildcard) after position after, in order, with batched
-// direct gets (one request per thousand), until fn returns false.
-func (b *Broker) readStoredRaw(ctx context.Context, filter string, after uint64, fn func(subj string, m Message) bool) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-	}
+// direct gets, until fn returns false or, when limit > 0, limit messages
+// were read. It returns the number of messages read.
+func (b *Broker) readStoredRaw(ctx context.Context, filter string, after uint64, limit int, fn func(subj string, m Message) bool) (int, error) {
 	inbox := b.nc.NewRespInbox()
 	sub, err := b.nc.SubscribeSync(inbox)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer sub.Unsubscribe()
 	apiSubj := "$JS.API.DIRECT.GET." + b.hist.name
+	read := 0
 	for {
-		req, _ := json.Marshal(map[string]any{"seq": after + 1, "next_by_subj": filter, "batch": storedBatch})
-		if err := b.nc.PublishRequest(apiSubj, inbox, req); err != nil {
-			return err
+		batch := storedBatch
+		if limit > 0 {
+			batch = min(batch, limit-read)
 		}
-		got := 0
-		for {
-			m, err := sub.NextMsgWithContext(ctx)
-			if err != nil {
-				return fmt.Errorf("pubsub: reading history: %w", err)
-			}
-			status := m.Header.Get("Status")
-			if status == "404" { // nothing (more) stored
-				return nil
-			}
-			if status == "204" { // the end of a batch: ask for the next, if it was full
-				if got < storedBatch {
-					return nil
+		req, _ := json.Marshal(map[string]any{"seq": after + 1, "next_by_subj": filter, "batch": batch, "max_bytes": storedBatchBytes})
+		if err := b.nc.PublishRequest(apiSubj, inbox, req); err != nil {
+			return read, err
+		}
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second) // per request: a paced replay may take long
+		more, err := func() (bool, error) {
+			for {
+				m, err := sub.NextMsgWithContext(rctx)
+				if err != nil {
+					return false, fmt.Errorf("pubsub: reading history: %w", err)
 				}
-				break
+				switch status := m.Header.Get("Status"); status {
+				case "404": // nothing (more) stored
+					return false, nil
+				case "204": // the end of a batch: more if some are still pending
+					return m.Header.Get("Nats-Num-Pending") != "0", nil
+				case "":
+				default:
+					return false, fmt.Errorf("pubsub: reading history: %s %s", status, m.Header.Get("Description"))
+				}
+				seq, _ := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+				if seq <= after {
+					return false, fmt.Errorf("pubsub: reading history: position %d after %d", seq, after)
+				}
+				after = seq
+				read++
+				env, err := wire.ParseEnvelope(m.Data)
+				if err != nil {
+					b.log.Warn("pubsub: skipping a malformed stored message", "seq", seq, "err", err)
+					continue
+				}
+				ts, _ := time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
+				if !fn(m.Header.Get(jetstream.SubjectHeader), Message{ID: strconv.FormatUint(seq, 10), From: env.From, Data: env.Data, Time: ts}) {
+					return false, nil
+				}
 			}
-			if status != "" {
-				return fmt.Errorf("pubsub: reading history: %s %s", status, m.Header.Get("Description"))
-			}
-			seq, _ := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
-			env, err := wire.ParseEnvelope(m.Data)
-			if err != nil || seq == 0 {
-				continue
-			}
-			ts, _ := time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
-			after = seq
-			got++
-			if !fn(m.Header.Get(jetstream.SubjectHeader), Message{ID: strconv.FormatUint(seq, 10), From: env.From, Data: env.Data, Time: ts}) {
-				return nil
-			}
+		}()
+		cancel()
+		if err != nil || !more || (limit > 0 && read >= limit) {
+			return read, err
 		}
 	}
 }

@@ -19,34 +19,37 @@ import (
 //
 //  1. The connection joins the rooms' topics in replay mode, in the same
 //     critical section that queues "subscribed": from then on every live
-//     frame of those rooms is kept in a buffer instead of being queued.
+//     frame of those rooms is kept in a buffer of this resume instead of
+//     being queued.
 //  2. The stored messages after P are read from the store (batched direct
-//     gets) and queued, paced by the writer so the queue stays bounded.
-//  3. Under the connection's lock, the buffered live frames with a position
-//     past the last replayed one are queued and the rooms go live. A live
-//     message is stored before it is republished, so it is either replayed
-//     or buffered (or both: then dropped as a duplicate by its position).
+//     gets, all the rooms of the resume in one scan, in store order) and
+//     queued, paced by the writer so the queue stays bounded.
+//  3. Under the connection's lock, the buffered frames past what was
+//     replayed of their room are queued, in store order, and the rooms go
+//     live. A live message is stored before it is republished, so it is
+//     replayed, buffered, or both (then the buffered copy is dropped).
 //
 // A buffer that overflows (live traffic faster than the replay) is dropped
 // and the replay goes on from the store, for a bounded number of rounds.
 //
-// Before replaying, each room is checked for a gap: retention keeps a suffix
-// of every room, so if the room's oldest retained message comes right after
-// P, nothing is missing; otherwise messages after P may have been dropped by
-// the room's count or age limit, and the client gets "truncated" for that
-// room instead of a replay: never a silent gap. The check is conservative:
-// it may say "truncated" when the dropped messages were all at or before P.
+// Retention keeps a suffix of every room. Before the replay and after each
+// batch, each room is checked for a gap: if its oldest retained message
+// does not come right after what the client has, and a limit (the room's
+// count or age, or the store's size) may have dropped messages, the client
+// gets "truncated" for that room, and that room resumes from the present:
+// never a silent gap. The check is conservative: it may say "truncated"
+// when the dropped messages were all at or before the client's position.
 
 // ErrInvalidID: a resume position is not a store position.
 var ErrInvalidID = errors.New("pubsub: invalid message id")
 
-const (
-	replayBufferFrames = 4096 // live frames kept per room while replaying
-	replayRounds       = 8    // replays from the store after buffer overflows
-)
+const replayRounds = 8 // replays from the store after buffer overflows
 
+// replayBuf keeps a room's live frames during a resume. Its identity tells
+// a resume whether the room is still its own (not left, not rejoined).
 type replayBuf struct {
 	frames   []*wire.Frame
+	bytes    int
 	overflow bool
 }
 
@@ -60,14 +63,16 @@ func parsePosition(id string) (uint64, error) {
 }
 
 // enqueueFrom queues a frame fanned out from t, or keeps it while t is
-// being replayed on this connection.
+// being replayed on this connection. A buffer holds at most half the queue:
+// emptied into a queue the replay keeps under half full, it always fits.
 func (c *Conn) enqueueFrom(t *topic, f *wire.Frame) bool {
 	c.mu.Lock()
 	if buf := c.replaying[t]; buf != nil {
-		if len(buf.frames) < replayBufferFrames {
+		if !buf.overflow && len(buf.frames) < c.b.cfg.queueMessages/2 && buf.bytes+len(f.JSON) <= c.b.cfg.queueBytes/2 {
 			buf.frames = append(buf.frames, f)
+			buf.bytes += len(f.JSON)
 		} else {
-			buf.overflow, buf.frames = true, nil
+			buf.overflow, buf.frames, buf.bytes = true, nil, 0
 		}
 		c.mu.Unlock()
 		return true
@@ -80,106 +85,144 @@ func (c *Conn) enqueueFrom(t *topic, f *wire.Frame) bool {
 	return ok
 }
 
-// resume replays rooms (topic -> room name) from after, then makes them
-// live. It runs in a goroutine of its own, counted in c.bg; the topics are
-// already in c.replaying.
-func (c *Conn) resume(rooms map[*topic]string, after uint64, ref []byte) {
+// resumeRoom is one room of a resume.
+type resumeRoom struct {
+	t    *topic
+	name string
+	buf  *replayBuf
+	last uint64 // the client has the room up to here
+}
+
+// startResume resumes rooms (already joined in replay mode) from after, in
+// a goroutine of the connection.
+func (c *Conn) startResume(rooms map[*topic]string, after uint64, ref []byte) {
+	if len(rooms) == 0 {
+		return
+	}
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	bySubj := make(map[string]*resumeRoom, len(rooms))
+	for t, name := range rooms {
+		if buf := c.replaying[t]; buf != nil {
+			bySubj[c.b.subjects.Hist(name)] = &resumeRoom{t: t, name: name, buf: buf, last: after}
+		}
+	}
+	c.bg.Add(1)
+	c.mu.Unlock()
+	go c.resume(bySubj, after, ref)
+}
+
+// mine reports whether r is still this resume's (under c.mu).
+func (c *Conn) mine(r *resumeRoom) bool { return c.replaying[r.t] == r.buf }
+
+func (c *Conn) resume(rooms map[string]*resumeRoom, after uint64, ref []byte) {
 	defer c.bg.Done()
 	ctx := c.ctx
-	replay := map[string]string{} // stored subject -> room
-	for t, room := range rooms {
-		gap, err := c.b.gapAfter(ctx, room, after)
-		if err != nil {
-			c.b.log.Error("pubsub: resume", "room", room, "err", err)
-			gap = true // cannot tell: say so rather than risk a silent gap
+	checkGaps := func() error {
+		for _, r := range rooms {
+			gap, head, err := c.b.gapAfter(ctx, r.name, r.last)
+			if err != nil {
+				return err
+			}
+			if gap {
+				// Resume this room from the present; it stays in the scan,
+				// so over SSE the stream's ids never go backwards.
+				c.reply(wire.Reply("truncated", r.name, "", ref))
+				r.last = max(r.last, head)
+			}
 		}
-		if gap {
-			c.reply(wire.Reply("truncated", room, "", ref))
-			c.goLive(t, 0, nil)
-			continue
-		}
-		replay[c.b.subjects.Hist(room)] = room
-	}
-	if len(replay) == 0 {
-		return
+		return nil
 	}
 	// One room: read its own subject. Several (SSE): the whole history in
 	// store order, keeping theirs, so a resume cut short anywhere leaves a
 	// correct Last-Event-ID.
 	filter := c.b.subjects.HistWildcard()
-	if len(replay) == 1 {
-		for subj := range replay {
+	if len(rooms) == 1 {
+		for subj := range rooms {
 			filter = subj
 		}
 	}
-	last := after
-	for round := 0; ; round++ {
-		err := c.b.readStoredRaw(ctx, filter, last, func(subj string, m Message) bool {
-			room, ok := replay[subj]
-			if !ok {
+	scan := after
+	err := checkGaps()
+	for round := 0; err == nil; {
+		var n int
+		n, err = c.b.readStoredRaw(ctx, filter, scan, storedBatch, func(subj string, m Message) bool {
+			seq, _ := strconv.ParseUint(m.ID, 10, 64)
+			scan = seq
+			r := rooms[subj]
+			if r == nil || seq <= r.last {
 				return true
 			}
-			seq, _ := strconv.ParseUint(m.ID, 10, 64)
-			f := wire.MessageFrame(wire.KindRoom, room, wire.Envelope{ID: m.ID, From: m.From, Data: m.Data})
+			c.mu.Lock()
+			mine := c.mine(r)
+			c.mu.Unlock()
+			if !mine {
+				return true // left or rejoined meanwhile
+			}
+			f := wire.MessageFrame(wire.KindRoom, r.name, wire.Envelope{ID: m.ID, From: m.From, Data: m.Data})
 			f.Stored = true
-			if err := c.enqueueReplay(f); err != nil {
+			if c.enqueueReplay(f) != nil {
 				return false
 			}
-			last = seq
+			r.last = seq
 			return true
 		})
-		if err != nil {
-			if !errors.Is(err, ErrClosed) && !errors.Is(err, context.Canceled) {
-				c.b.log.Error("pubsub: resume", "err", err)
-				c.closeWith(CloseInternalError, "resume failed", err, false)
-			}
+		if err != nil || c.Err() != nil {
+			break
+		}
+		if n == storedBatch { // more to read: were messages dropped meanwhile?
+			err = checkGaps()
+			continue
+		}
+		if c.finishReplay(rooms) {
 			return
 		}
-		if c.finishReplay(rooms, replay, last) {
-			return
-		}
-		if round == replayRounds {
+		if round++; round > replayRounds {
 			c.closeSlow() // the rooms move faster than this client can catch up
 			return
 		}
 	}
+	if err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, context.Canceled) {
+		c.b.log.Error("pubsub: resume", "err", err)
+		c.closeWith(CloseInternalError, "resume failed", err, false)
+	}
 }
 
 // finishReplay makes the rooms live, queueing their buffered frames past
-// last in store order, unless a buffer overflowed: then it reports false
-// and the replay goes on.
-func (c *Conn) finishReplay(rooms map[*topic]string, replay map[string]string, last uint64) bool {
+// what was replayed of each, in store order, unless a buffer overflowed:
+// then it reports false and the replay goes on.
+func (c *Conn) finishReplay(rooms map[string]*resumeRoom) bool {
 	c.mu.Lock()
-	var frames []*wire.Frame
-	for t, room := range rooms {
-		if _, replayed := replay[c.b.subjects.Hist(room)]; !replayed {
-			continue
-		}
-		buf := c.replaying[t]
-		if buf == nil {
-			continue // left the room meanwhile
-		}
-		if buf.overflow {
-			buf.overflow, buf.frames = false, nil
+	for _, r := range rooms {
+		if c.mine(r) && r.buf.overflow {
+			r.buf.overflow = false
 			c.mu.Unlock()
 			return false
 		}
-		frames = append(frames, buf.frames...)
 	}
-	for t, room := range rooms {
-		if _, replayed := replay[c.b.subjects.Hist(room)]; replayed {
-			delete(c.replaying, t)
+	var frames []*wire.Frame
+	for _, r := range rooms {
+		if !c.mine(r) {
+			continue
 		}
+		for _, f := range r.buf.frames {
+			if seq, _ := strconv.ParseUint(f.ID, 10, 64); seq > r.last {
+				frames = append(frames, f)
+			}
+		}
+		delete(c.replaying, r.t)
 	}
 	slices.SortFunc(frames, func(a, b *wire.Frame) int { return compareIDs(a.ID, b.ID) })
 	ok, start := true, false
 	for _, f := range frames {
-		if seq, _ := strconv.ParseUint(f.ID, 10, 64); seq > last && ok {
-			var s bool
-			ok, s = c.enqueueLocked(f)
-			start = start || s
-			last = seq
+		var s bool
+		if ok, s = c.enqueueLocked(f); !ok {
+			break
 		}
+		start = start || s
 	}
 	c.mu.Unlock()
 	if start {
@@ -189,30 +232,6 @@ func (c *Conn) finishReplay(rooms map[*topic]string, replay map[string]string, l
 		c.closeSlow()
 	}
 	return true
-}
-
-// goLive ends replay mode for t, queueing what was buffered.
-func (c *Conn) goLive(t *topic, _ uint64, _ []byte) {
-	c.mu.Lock()
-	buf := c.replaying[t]
-	delete(c.replaying, t)
-	ok, start := true, false
-	if buf != nil && !buf.overflow {
-		for _, f := range buf.frames {
-			var s bool
-			if ok, s = c.enqueueLocked(f); !ok {
-				break
-			}
-			start = start || s
-		}
-	}
-	c.mu.Unlock()
-	if start {
-		go c.writeLoop()
-	}
-	if !ok {
-		c.closeSlow()
-	}
 }
 
 func compareIDs(a, b string) int {
@@ -237,7 +256,7 @@ func (c *Conn) enqueueReplay(f *wire.Frame) error {
 			c.mu.Unlock()
 			return ErrClosed
 		}
-		if len(c.queue) < c.b.cfg.queueMessages/2 && c.queueBytes+len(f.JSON) <= c.b.cfg.queueBytes/2 {
+		if len(c.queue) == 0 || len(c.queue) < c.b.cfg.queueMessages/2 && c.queueBytes+len(f.JSON) <= c.b.cfg.queueBytes/2 {
 			_, start := c.enqueueLocked(f)
 			c.mu.Unlock()
 			if start {
@@ -251,9 +270,7 @@ func (c *Conn) enqueueReplay(f *wire.Frame) error {
 		drained := c.drained
 		c.mu.Unlock()
 		select {
-		case <-drained:
-		case <-c.ctx.Done():
-			return ErrClosed
+		case <-drained: // the writer took a batch, or the connection is closing
 		case <-time.After(time.Until(deadline)):
 			c.closeSlow()
 			return ErrSlowConsumer
@@ -263,33 +280,53 @@ func (c *Conn) enqueueReplay(f *wire.Frame) error {
 }
 
 // gapAfter reports whether messages of room after position after may have
-// been dropped from the store (see the comment at the top of this file).
-func (b *Broker) gapAfter(ctx context.Context, room string, after uint64) (bool, error) {
+// been dropped from the store, and the store's last position. The common
+// answers come from direct gets; stream info only for the rare rest.
+func (b *Broker) gapAfter(ctx context.Context, room string, after uint64) (gap bool, head uint64, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second) // a reconnect storm queues these
+	defer cancel()
 	h, _ := b.historyFor(room)
 	subj := b.subjects.Hist(room)
-	info, err := b.hist.stream.Info(ctx, jetstream.WithSubjectFilter(subj))
-	if err != nil {
-		return false, err
-	}
-	if after > info.State.LastSeq {
-		return true, nil // the store was reset: positions restarted
-	}
-	first, err := b.hist.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
+	last, err := b.hist.stream.GetLastMsgForSubject(ctx, b.subjects.HistWildcard())
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
-		// Nothing retained: dropped by age, if anything.
-		return h.MaxAge > 0 && !b.youngerThan(ctx, after, h.MaxAge), nil
+		return after > 0, 0, nil // an empty store: a position means it was reset
 	case err != nil:
-		return false, err
-	case first.Sequence <= after+1:
-		return false, nil // everything after the position is retained
+		return false, 0, err
 	}
-	// The oldest retained message is past the position: were messages in
-	// between dropped? By count only if the room has been full.
-	if h.Messages > 0 && info.State.Subjects[subj] >= uint64(h.Messages) {
-		return true, nil
+	head = last.Sequence
+	if after > head {
+		return true, head, nil // the store was reset: positions restarted
 	}
-	return h.MaxAge > 0 && !b.youngerThan(ctx, after, h.MaxAge), nil
+	next, err := b.hist.stream.GetMsg(ctx, after+1, jetstream.WithGetMsgSubject(subj))
+	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, head, err
+	}
+	if err == nil && next.Sequence == after+1 {
+		return false, head, nil // what the client has is followed by what is kept
+	}
+	oldest, err := b.hist.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
+	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, head, err
+	}
+	if err == nil && oldest.Sequence <= after {
+		return false, head, nil // the room's kept suffix starts at or before the position
+	}
+	// Nothing of the room is kept at or before the position: messages after
+	// it may have been dropped, if a limit can have dropped any.
+	info, err := b.hist.stream.Info(ctx, jetstream.WithSubjectFilter(subj))
+	if err != nil {
+		return false, head, err
+	}
+	switch {
+	case info.State.FirstSeq > after+1 && info.State.Bytes >= uint64(info.Config.MaxBytes)*9/10:
+		return true, head, nil // the store is full: it drops its oldest, of any room
+	case h.Messages > 0 && info.State.Subjects[subj] >= uint64(h.Messages):
+		return true, head, nil // the room has reached its count
+	case h.MaxAge > 0 && !b.youngerThan(ctx, after, h.MaxAge):
+		return true, head, nil
+	}
+	return false, head, nil
 }
 
 // youngerThan reports whether the message at position seq is known to be

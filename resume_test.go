@@ -3,7 +3,9 @@ package pubsub
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +14,9 @@ import (
 )
 
 func resumeBroker(t *testing.T, opts ...Option) *Broker {
+	if os.Getenv("RESUME_LOG") != "" {
+		opts = append(opts, WithLogger(slog.Default()))
+	}
 	return newBroker(t, append([]Option{
 		WithHistory("chat:*", History{Messages: 20000}),
 		WithHistory("small:*", History{Messages: 3}),
