@@ -549,7 +549,6 @@ func (c *Conn) joinTopic(room string, ack *wire.Frame, replay bool) (t *topic, a
 	return t, added, err
 }
 
-
 // addMember makes c a member of t if register (run under c.mu) allows it
 // and queues ack. Lock order is topic, then connection, as in dispatch; and
 // since closeWith marks the connection closing under c.mu before it

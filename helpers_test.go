@@ -393,3 +393,19 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// dialSSEWithCursor reconnects as EventSource does: with Last-Event-ID.
+func dialSSEWithCursor(t *testing.T, hs *httptest.Server, rooms []string, cursor string) *sseClient {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, liveURL(hs, "http", rooms), nil)
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Last-Event-ID", cursor)
+	resp, err := hs.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &sseClient{resp: resp, cancel: func() {}, events: make(chan frame, 100000), done: make(chan struct{})}
+	go c.read()
+	t.Cleanup(c.close)
+	return c
+}

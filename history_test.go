@@ -195,7 +195,7 @@ func TestClientHistoryRequest(t *testing.T) {
 		Ref        int
 		Messages   []struct {
 			ID, From, Time string
-			Data       struct{ Text string }
+			Data           struct{ Text string }
 		}
 	}
 	if err := json.Unmarshal(p, &h); err != nil {

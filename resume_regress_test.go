@@ -1,8 +1,6 @@
 package pubsub
 
 import (
-	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -168,20 +166,4 @@ func TestSSEResumeIDsNeverGoBackwards(t *testing.T) {
 		}
 		return n == 10
 	})
-}
-
-func dialSSEWithCursor(t *testing.T, srv interface{ Client() *http.Client }, rooms []string, cursor string) *sseClient {
-	t.Helper()
-	hs := srv.(*httptest.Server)
-	req, _ := http.NewRequest(http.MethodGet, liveURL(hs, "http", rooms), nil)
-	req.Header.Set("Accept", "text/event-stream")
-	req.Header.Set("Last-Event-ID", cursor)
-	resp, err := hs.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &sseClient{resp: resp, cancel: func() {}, events: make(chan frame, 100000), done: make(chan struct{})}
-	go c.read()
-	t.Cleanup(c.close)
-	return c
 }

@@ -107,16 +107,7 @@ func TestResumeMidBurstSSE(t *testing.T) {
 	c.close()
 
 	// What EventSource does on its own: the same URL with Last-Event-ID.
-	req, _ := http.NewRequest(http.MethodGet, liveURL(srv, "http", []string{"chat:sse", "lobby"}), nil)
-	req.Header.Set("Accept", "text/event-stream")
-	req.Header.Set("Last-Event-ID", cursor)
-	resp, err := srv.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c2 := &sseClient{resp: resp, cancel: func() {}, events: make(chan frame, 100000), done: make(chan struct{})}
-	go c2.read()
-	defer c2.close()
+	c2 := dialSSEWithCursor(t, srv, []string{"chat:sse", "lobby"}, cursor)
 	for len(got) < n {
 		f, err := c2.nextErr(20 * time.Second)
 		if err != nil {
