@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -36,6 +38,16 @@ type Options struct {
 	// start-up chatter, are logged at Debug level. Default: no logging.
 	Logger *slog.Logger
 
+	// Cluster joins the server to other NATS servers as one cluster
+	// (routes): every instance of an app can embed a node. nats-server
+	// starts no routes without a client listener, so Host must be set too.
+	Cluster *Cluster
+
+	// LeafRemotes connects the server as a leaf node to existing NATS
+	// servers ("nats-leaf://host:7422"): the app's instances join a cluster
+	// run by ops, with no listener of their own.
+	LeafRemotes []string
+
 	// JetStream enables persistence (the broker's room history). Its files go
 	// to StoreDir; without one, to a private temporary folder removed on
 	// Shutdown (memory streams write nothing there).
@@ -49,6 +61,19 @@ type Options struct {
 	// the server is created: the escape hatch for settings this package does
 	// not name (TLS, authorization, limits). It must not undo NoSigs.
 	Configure func(*server.Options)
+}
+
+// Cluster configures routes between embedded servers.
+type Cluster struct {
+	Name string // the same on every node
+	// Host and Port of the route listener; Port -1 picks a free port. There
+	// is no default to all interfaces.
+	Host string
+	Port int
+	// Routes are other nodes' route URLs ("nats-route://host:6222"); one
+	// seed is enough, the cluster gossips the rest.
+	Routes             []string
+	Username, Password string
 }
 
 // Server is a running embedded NATS server.
@@ -71,6 +96,28 @@ func Start(opts Options) (*Server, error) {
 		if so.Port == 0 {
 			so.Port = -1 // 0 means 4222 to nats-server; a library must not squat it
 		}
+	}
+	if c := opts.Cluster; c != nil {
+		if opts.Host == "" || c.Host == "" || c.Name == "" {
+			return nil, errors.New("embedded nats: a cluster node needs Name, Cluster.Host and a client listener (Host)")
+		}
+		port := c.Port
+		if port == 0 {
+			port = -1
+		}
+		so.Cluster = server.ClusterOpts{Name: c.Name, Host: c.Host, Port: port, Username: c.Username, Password: c.Password}
+		so.Routes = server.RoutesFromStr(strings.Join(c.Routes, ","))
+	}
+	if len(opts.LeafRemotes) > 0 {
+		var urls []*url.URL
+		for _, r := range opts.LeafRemotes {
+			u, err := url.Parse(r)
+			if err != nil {
+				return nil, fmt.Errorf("embedded nats: leaf remote %q: %w", r, err)
+			}
+			urls = append(urls, u)
+		}
+		so.LeafNode.Remotes = []*server.RemoteLeafOpts{{URLs: urls}}
 	}
 	var tempDir string
 	if opts.JetStream {
@@ -125,6 +172,16 @@ func (s *Server) ClientURL() string {
 		return ""
 	}
 	return s.ns.ClientURL()
+}
+
+// RouteURL returns the URL other nodes use to join this one's cluster, or
+// "" when it is not a cluster node.
+func (s *Server) RouteURL() string {
+	a := s.ns.ClusterAddr()
+	if a == nil {
+		return ""
+	}
+	return "nats-route://" + a.String()
 }
 
 // NATS returns the underlying nats-server, for monitoring and tests.

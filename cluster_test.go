@@ -1,0 +1,129 @@
+package pubsub
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/roomcast/pubsub/embedded"
+)
+
+// newCluster starts n brokers whose embedded NATS servers form one cluster
+// over loopback routes, and waits until the mesh is complete.
+func newCluster(t *testing.T, n int) []*Broker {
+	t.Helper()
+	var brokers []*Broker
+	seed := ""
+	for i := range n {
+		c := &embedded.Cluster{Name: "roomcast-test", Host: "127.0.0.1", Port: -1}
+		if seed != "" {
+			c.Routes = []string{seed}
+		}
+		b := newBroker(t, WithEmbedded(embedded.Options{Name: fmt.Sprintf("node%d", i), Host: "127.0.0.1", Port: -1, Cluster: c}))
+		if seed == "" {
+			seed = b.srv.RouteURL()
+		}
+		brokers = append(brokers, b)
+	}
+	eventually(t, "a full mesh of routes", func() bool {
+		for _, b := range brokers {
+			if b.srv.NATS().NumRoutes() < n-1 {
+				return false
+			}
+		}
+		return true
+	})
+	return brokers
+}
+
+// awaitInterest publishes probes from b until every client has one: the
+// subscriptions' interest has reached b's node (it travels asynchronously).
+func awaitInterest(t *testing.T, b *Broker, room string, clients ...client) {
+	t.Helper()
+	got := make([]bool, len(clients))
+	deadline := time.Now().Add(waitFor)
+	for {
+		_ = b.Publish(ctx, room, msg("probe"))
+		all := true
+		for i, c := range clients {
+			for !got[i] {
+				var f frame
+				var err error
+				switch c := c.(type) {
+				case *wsClient:
+					f, err = c.nextErr(20 * time.Millisecond)
+				case *sseClient:
+					f, err = c.nextErr(20 * time.Millisecond)
+				}
+				if err != nil {
+					break
+				}
+				got[i] = f.text() == "probe"
+			}
+			all = all && got[i]
+		}
+		if all {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("interest did not propagate")
+		}
+	}
+	// Drain the remaining probes: a marker sent after them ends them.
+	for _, c := range clients {
+		sendMarker(t, b, c, "probes done")
+		for _, f := range collect(t, c, "probes done") {
+			if f.text() != "probe" {
+				t.Fatalf("unexpected %+v", f)
+			}
+		}
+	}
+}
+
+// Three instances, each with its own embedded node, formed into a cluster:
+// room, user and connection delivery work across nodes.
+func TestClusterDeliversAcrossNodes(t *testing.T) {
+	bs := newCluster(t, 3)
+	s0, s1, s2 := serve(t, bs[0], nil), serve(t, bs[1], nil), serve(t, bs[2], nil)
+	alice0 := dialWS(t, s0, dialOpts{user: "alice", rooms: []string{"lobby"}})
+	alice1 := dialSSE(t, s1, dialOpts{user: "alice", rooms: []string{"lobby"}})
+	bob2 := dialWS(t, s2, dialOpts{user: "bob", rooms: []string{"lobby"}})
+	carol2 := dialWS(t, s2, dialOpts{user: "carol", rooms: []string{"elsewhere"}})
+	awaitInterest(t, bs[2], "lobby", alice0, alice1, bob2)
+	// User interest: alice's subscriptions live on nodes 0 and 1, and node
+	// 2 sees one routed subscription per node.
+	eventually(t, "alice's interest from both nodes on node 2", func() bool {
+		return bs[2].srv.NATS().GlobalAccount().Interest(bs[2].subjects.User("alice")) >= 2
+	})
+	eventually(t, "conn interest on node 0", func() bool {
+		return bs[0].srv.NATS().GlobalAccount().SubscriptionInterest(bs[0].subjects.Conn(bob2.connID()))
+	})
+
+	_ = bs[2].Publish(ctx, "lobby", msg("room from node 2"))
+	_ = bs[2].SendToUser(ctx, "alice", msg("alice from node 2"))
+	_ = bs[2].SendToConn(ctx, alice1.connID(), msg("conn on node 1"))
+	for _, c := range []client{alice0, alice1, bob2, carol2} {
+		sendMarker(t, bs[2], c, "end")
+	}
+	for name, tc := range map[string]struct {
+		c    client
+		want string
+	}{
+		"alice on node 0": {alice0, "message:lobby:room from node 2,direct::alice from node 2"},
+		"alice on node 1": {alice1, "message:lobby:room from node 2,direct::alice from node 2,direct::conn on node 1"},
+		"bob on node 2":   {bob2, "message:lobby:room from node 2"},
+		"carol on node 2": {carol2, ""},
+	} {
+		if got := strings.Join(texts(collect(t, tc.c, "end")), ","); got != tc.want {
+			t.Errorf("%s received %q, want %q", name, got, tc.want)
+		}
+	}
+}
+
+func TestEmbeddedClusterNeedsAListener(t *testing.T) {
+	_, err := embedded.Start(embedded.Options{Cluster: &embedded.Cluster{Name: "x", Host: "127.0.0.1", Port: -1}})
+	if err == nil || !strings.Contains(err.Error(), "client listener") {
+		t.Fatalf("a cluster node without a client listener: %v", err)
+	}
+}
