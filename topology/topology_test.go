@@ -115,11 +115,13 @@ type frame struct {
 	Data                     struct{ Text string }
 }
 
+// client reads in a goroutine of its own: a read with a deadline on a
+// coder/websocket connection closes the connection when it expires.
 type client struct {
-	t       *testing.T
-	c       *websocket.Conn
-	pending []frame
-	conn    string
+	t      *testing.T
+	c      *websocket.Conn
+	frames chan frame
+	conn   string
 }
 
 func dial(t *testing.T, srv *httptest.Server, user string, rooms ...string) *client {
@@ -133,7 +135,22 @@ func dial(t *testing.T, srv *httptest.Server, user string, rooms ...string) *cli
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.CloseNow() })
-	cl := &client{t: t, c: c}
+	cl := &client{t: t, c: c, frames: make(chan frame, 10000)}
+	go func() {
+		defer close(cl.frames)
+		for {
+			_, p, err := c.Read(context.Background())
+			if err != nil {
+				return
+			}
+			sc := bufio.NewScanner(strings.NewReader(string(p)))
+			for sc.Scan() {
+				var f frame
+				_ = json.Unmarshal(sc.Bytes(), &f)
+				cl.frames <- f
+			}
+		}
+	}()
 	cl.conn = cl.next().Conn
 	for range rooms {
 		if f := cl.next(); f.Type != "subscribed" {
@@ -144,23 +161,15 @@ func dial(t *testing.T, srv *httptest.Server, user string, rooms ...string) *cli
 }
 
 func (c *client) nextWithin(d time.Duration) (frame, error) {
-	if len(c.pending) == 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), d)
-		defer cancel()
-		_, p, err := c.c.Read(ctx)
-		if err != nil {
-			return frame{}, err
+	select {
+	case f, ok := <-c.frames:
+		if !ok {
+			return frame{}, io.EOF
 		}
-		sc := bufio.NewScanner(strings.NewReader(string(p)))
-		for sc.Scan() {
-			var f frame
-			_ = json.Unmarshal(sc.Bytes(), &f)
-			c.pending = append(c.pending, f)
-		}
+		return f, nil
+	case <-time.After(d):
+		return frame{}, context.DeadlineExceeded
 	}
-	f := c.pending[0]
-	c.pending = c.pending[1:]
-	return f, nil
 }
 
 func (c *client) next() frame {
