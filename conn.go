@@ -141,12 +141,9 @@ func (c *Conn) Send(ctx context.Context, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if len(data) > c.b.cfg.maxMessage {
-		return fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), c.b.cfg.maxMessage)
-	}
-	data, ok := wire.CompactJSON(data)
-	if !ok {
-		return ErrInvalidData
+	data, err := c.b.checkData(data)
+	if err != nil {
+		return err
 	}
 	f := wire.MessageFrame(wire.KindConn, "", wire.Envelope{ID: c.b.nextMessageID(), Data: data})
 	c.mu.Lock()

@@ -383,6 +383,23 @@ func texts(fs []frame) []string {
 	return out
 }
 
+// receipt is what a client must have received before a marker, as texts()
+// joined with ",".
+type receipt struct {
+	c    client
+	want string
+}
+
+// expectUntil checks every client's frames up to marker.
+func expectUntil(t *testing.T, marker string, cases map[string]receipt) {
+	t.Helper()
+	for name, tc := range cases {
+		if got := strings.Join(texts(collect(t, tc.c, marker)), ","); got != tc.want {
+			t.Errorf("%s received %q, want %q", name, got, tc.want)
+		}
+	}
+}
+
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitFor)

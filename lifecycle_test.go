@@ -434,19 +434,12 @@ func TestBrokersShareOneNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	sendMarker(t, other, foreign, "end")
-	for name, tc := range map[string]struct {
-		c    client
-		want string
-	}{
+	expectUntil(t, "end", map[string]receipt{
 		"alice on 1": {on1, "message:lobby:room from 1,direct::alice from 1"},
 		"alice on 2": {on2, "message:lobby:room from 1,direct::alice from 1,direct::conn on 2 from 1"},
 		"bob on 2":   {bob2, "message:lobby:room from 1"},
 		"namespace":  {foreign, ""},
-	} {
-		if got := strings.Join(texts(collect(t, tc.c, "end")), ","); got != tc.want {
-			t.Errorf("%s received %q, want %q", name, got, tc.want)
-		}
-	}
+	})
 	// The other way round.
 	_ = b2.Publish(ctx, "lobby", msg("room from 2"))
 	if f := on1.next(t); f.text() != "room from 2" {

@@ -157,7 +157,7 @@ func (s *sseStream) writeLoop(c *Conn) {
 			c.closeWith(CloseNormal, "", nil, false)
 			return
 		case <-idle.C:
-			if err := s.write(c); err != nil {
+			if err := s.write(c, keepAliveFrame); err != nil {
 				c.closeWith(CloseIdleTimeout, "keep-alive failed", ErrIdleTimeout, false)
 				return
 			}
@@ -166,8 +166,8 @@ func (s *sseStream) writeLoop(c *Conn) {
 	}
 }
 
-// write sends frames as events in one write and one flush; with no frames it
-// sends a keep-alive comment.
+// write sends frames as events in one write and one flush; keepAliveFrame
+// is a comment line.
 func (s *sseStream) write(c *Conn, frames ...*wire.Frame) error {
 	if s.aborted.Load() {
 		return ErrClosed
@@ -175,9 +175,6 @@ func (s *sseStream) write(c *Conn, frames ...*wire.Frame) error {
 	bp := batchPool.Get().(*[]byte)
 	defer batchPool.Put(bp)
 	buf := (*bp)[:0]
-	if len(frames) == 0 {
-		buf = append(buf, ":\n\n"...)
-	}
 	for _, f := range frames {
 		if f == keepAliveFrame {
 			buf = append(buf, ":\n\n"...)
@@ -256,7 +253,7 @@ func (s *sseStream) writeConn(c *Conn, batch []*wire.Frame) error {
 	return s.write(c, batch...)
 }
 
-// keepAliveFrame is queued on an idle hijacked stream: a comment line.
+// keepAliveFrame is an SSE comment line, written on an idle stream.
 var keepAliveFrame = &wire.Frame{}
 
 // keepAlive checks that the client of a hijacked stream is still there (it
