@@ -10,7 +10,7 @@ import (
 
 // newCluster starts n brokers whose embedded NATS servers form one cluster
 // over loopback routes, and waits until the mesh is complete.
-func newCluster(t *testing.T, n int) []*Broker {
+func newCluster(t *testing.T, n int, opts ...Option) []*Broker {
 	t.Helper()
 	var brokers []*Broker
 	seed := ""
@@ -19,7 +19,7 @@ func newCluster(t *testing.T, n int) []*Broker {
 		if seed != "" {
 			c.Routes = []string{seed}
 		}
-		b := newBroker(t, WithEmbedded(embedded.Options{Name: fmt.Sprintf("node%d", i), Host: "127.0.0.1", Port: -1, Cluster: c}))
+		b := newBroker(t, append(opts, WithEmbedded(embedded.Options{Name: fmt.Sprintf("node%d", i), Host: "127.0.0.1", Port: -1, Cluster: c}))...)
 		if seed == "" {
 			seed = b.srv.RouteURL()
 		}

@@ -58,6 +58,7 @@ type Conn struct {
 	err         error
 	served      bool
 	replaying   map[*topic]*replayBuf // rooms being resumed: live frames wait here
+	watching    map[string]*roomView  // rooms whose presence events the client asked for
 	drained     chan struct{}         // signalled when the writer takes a batch, for paced replays
 
 	bg         sync.WaitGroup // writer and keep-alive goroutines
@@ -446,8 +447,8 @@ func (c *Conn) closeWith(code int, reason string, err error, drain bool) {
 		c.queue, c.queueBytes = c.queue[:0], 0
 	}
 	start := c.kickLocked()
-	rooms, ut := c.rooms, c.userTopic
-	c.rooms, c.userTopic = nil, nil
+	rooms, ut, watching := c.rooms, c.userTopic, c.watching
+	c.rooms, c.userTopic, c.watching = nil, nil, nil
 	c.mu.Unlock()
 
 	if start {
@@ -459,8 +460,16 @@ func (c *Conn) closeWith(code int, reason string, err error, drain bool) {
 	if c.ping != nil {
 		c.ping.Stop()
 	}
-	for _, t := range rooms {
+	for room, t := range rooms {
+		c.b.pres.left(room, c.user)
 		c.b.removeMember(t, c)
+	}
+	if len(watching) > 0 {
+		views := make([]*roomView, 0, len(watching))
+		for _, r := range watching {
+			views = append(views, r)
+		}
+		c.b.pres.unwatch(c, views)
 	}
 	if ut != nil {
 		c.b.removeMember(ut, c)
@@ -532,6 +541,9 @@ func (c *Conn) joinTopic(room string, ack *wire.Frame, replay bool) (t *topic, a
 			return ErrTooManyRooms
 		}
 		c.rooms[room] = t
+		// Under c.mu, as leaving is: a join is always recorded before the
+		// leave that follows it.
+		c.b.pres.joined(room, c.user)
 		if replay {
 			if c.replaying == nil {
 				c.replaying = make(map[*topic]*replayBuf)
@@ -583,9 +595,15 @@ func (c *Conn) leave(room string, ack *wire.Frame) error {
 	t := c.rooms[room]
 	delete(c.rooms, room)
 	delete(c.replaying, t)
+	view := c.watching[room]
+	delete(c.watching, room)
 	c.mu.Unlock()
 	if t != nil {
+		c.b.pres.left(room, c.user)
 		c.b.removeMember(t, c)
+	}
+	if view != nil {
+		c.b.pres.unwatch(c, []*roomView{view})
 	}
 	if ack != nil {
 		c.reply(ack)

@@ -146,8 +146,9 @@ func (b *Broker) acceptWebSocket(w http.ResponseWriter, r *http.Request, ctx con
 		_ = ws.Close(websocket.StatusCode(CloseServiceRestart), "service restart")
 		return nil, err
 	}
+	watch := presenceRooms(r)
 	for _, room := range rooms {
-		c.clientSubscribe(room, "", nil)
+		c.clientSubscribe(room, "", watch[room], nil)
 	}
 	return c, nil
 }
@@ -321,7 +322,7 @@ func (c *Conn) handleFrame(p []byte, yield func([]byte) bool) bool {
 	}
 	switch f.Type {
 	case "subscribe":
-		c.clientSubscribe(f.Room, f.LastID, f.Ref)
+		c.clientSubscribe(f.Room, f.LastID, f.Presence, f.Ref)
 	case "unsubscribe":
 		if err := subject.ValidRoom(f.Room); err != nil {
 			c.reply(wire.Error("invalid_room", "invalid room name: "+err.Error(), truncate(f.Room), f.Ref))
@@ -343,6 +344,8 @@ func (c *Conn) handleFrame(p []byte, yield func([]byte) bool) bool {
 		return yield(data)
 	case "history":
 		c.clientHistory(f)
+	case "presence":
+		c.clientPresence(f)
 	case "ping":
 		c.reply(wire.Reply("pong", "", "", f.Ref))
 	default:
@@ -351,7 +354,7 @@ func (c *Conn) handleFrame(p []byte, yield func([]byte) bool) bool {
 	return true
 }
 
-func (c *Conn) clientSubscribe(room, lastID string, ref []byte) {
+func (c *Conn) clientSubscribe(room, lastID string, presence bool, ref []byte) {
 	if err := subject.ValidRoom(room); err != nil {
 		c.reply(wire.Error("invalid_room", "invalid room name: "+err.Error(), truncate(room), ref))
 		return
@@ -371,6 +374,9 @@ func (c *Conn) clientSubscribe(room, lastID string, ref []byte) {
 	t, added, err := c.joinTopic(room, wire.Reply("subscribed", room, "", ref), pos > 0)
 	if added && pos > 0 {
 		c.startResume(map[*topic]string{t: room}, pos, ref)
+	}
+	if err == nil && presence {
+		err = c.b.pres.watch(c, room)
 	}
 	switch {
 	case err == nil, errors.Is(err, ErrClosed):

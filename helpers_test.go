@@ -85,6 +85,10 @@ type frame struct {
 	Reason  string          `json:"reason"`
 	Ref     json.RawMessage `json:"ref"`
 	Data    json.RawMessage `json:"data"`
+	Count   int             `json:"count"` // presence
+	Conns   int             `json:"conns"`
+	Next    string          `json:"next"`
+	Members []Member        `json:"members"`
 	SSEID   string          `json:"-"` // the SSE "id:" field
 }
 
@@ -112,6 +116,15 @@ type wsClient struct {
 type dialOpts struct {
 	user, role, origin string
 	rooms              []string
+	presence           []string // rooms whose presence events to ask for at connect time
+}
+
+func (o dialOpts) url(srv *httptest.Server, scheme string) string {
+	u := liveURL(srv, scheme, o.rooms)
+	for _, r := range o.presence {
+		u += "&presence=" + url.QueryEscape(r)
+	}
+	return u
 }
 
 func liveURL(srv *httptest.Server, scheme string, rooms []string) string {
@@ -145,7 +158,7 @@ func (o dialOpts) header() http.Header {
 func dialWSErr(srv *httptest.Server, o dialOpts) (*wsClient, *http.Response, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	c, resp, err := websocket.Dial(ctx, liveURL(srv, "ws", o.rooms), &websocket.DialOptions{HTTPHeader: o.header()})
+	c, resp, err := websocket.Dial(ctx, o.url(srv, "ws"), &websocket.DialOptions{HTTPHeader: o.header()})
 	if err != nil {
 		return nil, resp, err
 	}
@@ -237,13 +250,14 @@ type sseClient struct {
 	events  chan frame
 	done    chan struct{}
 	welcome frame
+	pending []frame // read by dialSSE, not yet by the test
 	mu      sync.Mutex
 	raw     strings.Builder // every line read, for keep-alive checks
 }
 
 func dialSSEErr(srv *httptest.Server, o dialOpts) (*sseClient, *http.Response, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, liveURL(srv, "http", o.rooms), nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, o.url(srv, "http"), nil)
 	req.Header = o.header()
 	req.Header.Set("Accept", "text/event-stream")
 	resp, err := srv.Client().Do(req)
@@ -276,7 +290,12 @@ func dialSSE(t *testing.T, srv *httptest.Server, o dialOpts) *sseClient {
 		t.Fatalf("first event = %+v, want welcome", c.welcome)
 	}
 	for range o.rooms {
-		if f := c.next(t); f.Type != "subscribed" {
+		f, err := c.readEvent(waitFor)
+		for err == nil && f.Type == "presence" { // after a subscribed, for the test to read
+			c.pending = append(c.pending, f)
+			f, err = c.readEvent(waitFor)
+		}
+		if err != nil || f.Type != "subscribed" {
 			t.Fatalf("event = %+v, want subscribed", f)
 		}
 	}
@@ -320,6 +339,15 @@ func (c *sseClient) close() {
 func (c *sseClient) connID() string { return c.welcome.Conn }
 
 func (c *sseClient) nextErr(d time.Duration) (frame, error) {
+	if len(c.pending) > 0 {
+		f := c.pending[0]
+		c.pending = c.pending[1:]
+		return f, nil
+	}
+	return c.readEvent(d)
+}
+
+func (c *sseClient) readEvent(d time.Duration) (frame, error) {
 	select {
 	case f, ok := <-c.events:
 		if !ok {

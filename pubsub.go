@@ -77,24 +77,25 @@ type AuthorizeFunc func(ctx context.Context, user, room string) error
 type Option func(*config)
 
 type config struct {
-	logger         *slog.Logger
-	nc             *nats.Conn
-	natsURL        string
-	natsOpts       []nats.Option
-	embedded       embedded.Options
-	namespace      string
-	authSubscribe  AuthorizeFunc
-	authPublish    AuthorizeFunc
-	originPatterns []string
-	maxMessage     int
-	queueMessages  int
-	queueBytes     int
-	writeTimeout   time.Duration
-	keepAlive      time.Duration
-	pongTimeout    time.Duration
-	maxRooms       int
-	history        []historyRule
-	storeDir       string
+	logger          *slog.Logger
+	nc              *nats.Conn
+	natsURL         string
+	natsOpts        []nats.Option
+	embedded        embedded.Options
+	namespace       string
+	authSubscribe   AuthorizeFunc
+	authPublish     AuthorizeFunc
+	originPatterns  []string
+	maxMessage      int
+	queueMessages   int
+	queueBytes      int
+	writeTimeout    time.Duration
+	keepAlive       time.Duration
+	pongTimeout     time.Duration
+	maxRooms        int
+	history         []historyRule
+	storeDir        string
+	presenceTimeout time.Duration
 }
 
 // Defaults, documented on the options that change them.
@@ -190,6 +191,7 @@ type Broker struct {
 	subjects subject.Space
 	instance string
 	hist     *historyStore // nil without history
+	pres     *presence
 
 	msgSeq  atomic.Uint64
 	connSeq atomic.Uint64
@@ -218,14 +220,15 @@ const inboxSize = 1 << 16
 // server in-process; see WithNATSURL and WithNATSConn to scale out.
 func New(opts ...Option) (*Broker, error) {
 	cfg := config{
-		namespace:     DefaultNamespace,
-		maxMessage:    DefaultMaxMessageSize,
-		queueMessages: DefaultQueueMessages,
-		queueBytes:    DefaultQueueBytes,
-		writeTimeout:  DefaultWriteTimeout,
-		keepAlive:     DefaultKeepAlive,
-		pongTimeout:   DefaultPongTimeout,
-		maxRooms:      DefaultMaxRooms,
+		namespace:       DefaultNamespace,
+		maxMessage:      DefaultMaxMessageSize,
+		queueMessages:   DefaultQueueMessages,
+		queueBytes:      DefaultQueueBytes,
+		writeTimeout:    DefaultWriteTimeout,
+		keepAlive:       DefaultKeepAlive,
+		pongTimeout:     DefaultPongTimeout,
+		maxRooms:        DefaultMaxRooms,
+		presenceTimeout: DefaultPresenceTimeout,
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -237,7 +240,7 @@ func New(opts ...Option) (*Broker, error) {
 		return nil, fmt.Errorf("pubsub: %w", err)
 	}
 	if cfg.maxMessage <= 0 || cfg.queueMessages <= 0 || cfg.queueBytes <= 0 || cfg.writeTimeout <= 0 ||
-		cfg.keepAlive <= 0 || cfg.pongTimeout <= 0 || cfg.maxRooms <= 0 {
+		cfg.keepAlive <= 0 || cfg.pongTimeout <= 0 || cfg.maxRooms <= 0 || cfg.presenceTimeout <= 0 {
 		return nil, errors.New("pubsub: sizes, limits and durations in options must be positive")
 	}
 	if err := validateHistory(cfg.history); err != nil {
@@ -256,6 +259,7 @@ func New(opts ...Option) (*Broker, error) {
 		dispatchDone: make(chan struct{}),
 		shutdown:     make(chan struct{}),
 	}
+	b.pres = newPresence(b)
 	natsOpts := []nats.Option{
 		nats.Name("roomcast-" + b.instance),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
@@ -300,6 +304,9 @@ func New(opts ...Option) (*Broker, error) {
 	}
 	if err == nil && len(cfg.history) > 0 {
 		err = b.openHistory(b.srv == nil || cfg.storeDir != "")
+	}
+	if err == nil {
+		err = b.pres.start()
 	}
 	if err != nil {
 		b.teardownNATS()
@@ -525,6 +532,12 @@ func (b *Broker) register(c *Conn) error {
 	return nil
 }
 
+func (b *Broker) isClosing() bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.closing
+}
+
 func (b *Broker) unregister(c *Conn) {
 	b.mu.Lock()
 	delete(b.conns, c.id)
@@ -590,6 +603,7 @@ func (b *Broker) shutdownNow(ctx context.Context) error {
 	}
 	close(b.stopDispatch)
 	<-b.dispatchDone
+	b.pres.shutdown()
 	b.teardownNATS()
 	return err
 }

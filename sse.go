@@ -111,9 +111,13 @@ func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.C
 		return nil, err
 	}
 	resume := map[*topic]string{}
+	watch := presenceRooms(r)
 	for _, room := range rooms {
 		_, history := b.historyFor(room)
 		t, added, err := c.joinTopic(room, wire.Reply("subscribed", room, "", nil), pos > 0 && history)
+		if err == nil && watch[room] {
+			err = b.pres.watch(c, room)
+		}
 		switch {
 		case err == nil, errors.Is(err, ErrClosed):
 			if added && pos > 0 && history {

@@ -137,3 +137,12 @@ func ParseConnID(id string) (instance, counter string, err error) {
 	}
 	return instance, counter, nil
 }
+
+// Presence carries the presence changes and snapshots of room, from every
+// instance; PresenceQuery asks every instance for its snapshot of a room;
+// Instances carries instance heartbeats.
+func (s Space) Presence(room string) string {
+	return s.ns + ".pres." + enc.EncodeToString([]byte(room))
+}
+func (s Space) PresenceQuery() string { return s.ns + ".presq" }
+func (s Space) Instances() string     { return s.ns + ".presi" }

@@ -219,7 +219,10 @@ type ClientFrame struct {
 	// LastID is the id of the last message of Room the client has, for a
 	// server with history to resume from. Without history it is ignored.
 	LastID string `json:"last_id"`
-	Limit  int    `json:"limit"` // of a history request
+	Limit  int    `json:"limit"` // of a history or presence request
+	After  string `json:"after"` // of a presence request: the page cursor
+	// Presence asks a subscribe for the room's join and leave events.
+	Presence bool `json:"presence"`
 }
 
 // Stored is a stored message in a history frame.
@@ -250,6 +253,70 @@ func HistoryFrame(room string, msgs []Stored, ref json.RawMessage) *Frame {
 		b = AppendString(b, m.Time.UTC().Format(time.RFC3339Nano))
 		b = append(b, `,"data":`...)
 		b = append(b, m.Data...)
+		b = append(b, '}')
+	}
+	return &Frame{JSON: append(b, "]}"...)}
+}
+
+// PresenceEvent is one user joining (their first connection in the room,
+// on any instance) or leaving (their last one); Count is the room's number
+// of users after it.
+type PresenceEvent struct {
+	Join  bool
+	User  string
+	Count int
+}
+
+// PresenceEventFrame builds {"type":"join"|"leave","room":…,"user":…,"count":…}.
+func PresenceEventFrame(room string, e PresenceEvent) *Frame {
+	b := []byte(`{"type":"leave","room":`)
+	if e.Join {
+		b = []byte(`{"type":"join","room":`)
+	}
+	b = AppendString(b, room)
+	b = append(b, `,"user":`...)
+	b = AppendString(b, e.User)
+	b = append(b, `,"count":`...)
+	b = strconv.AppendInt(b, int64(e.Count), 10)
+	return &Frame{JSON: append(b, '}')}
+}
+
+// PresencePage is a room's counts and one page of its members.
+type PresencePage struct {
+	Count, Conns int
+	Members      []Member
+	Next         string
+}
+
+// Member is a user in a room and the number of their connections there.
+type Member struct {
+	User  string
+	Conns int
+}
+
+// PresenceFrame builds {"type":"presence","room":…,"count":…,"conns":…,
+// "members":[{"user":…,"conns":…}],"next":…}, "next" only when there is a
+// further page.
+func PresenceFrame(room string, p PresencePage, ref json.RawMessage) *Frame {
+	b := append([]byte(`{"type":"presence","room":`), AppendString(nil, room)...)
+	b = appendRef(b, ref)
+	b = append(b, `,"count":`...)
+	b = strconv.AppendInt(b, int64(p.Count), 10)
+	b = append(b, `,"conns":`...)
+	b = strconv.AppendInt(b, int64(p.Conns), 10)
+	if p.Next != "" {
+		b = append(b, `,"next":`...)
+		b = AppendString(b, p.Next)
+	}
+	b = append(b, `,"members":[`...)
+	for i, m := range p.Members {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"user":`...)
+		b = AppendString(b, m.User)
+		b = append(b, `,"conns":`...)
+		b = strconv.AppendInt(b, int64(m.Conns), 10)
 		b = append(b, '}')
 	}
 	return &Frame{JSON: append(b, "]}"...)}
