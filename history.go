@@ -60,6 +60,13 @@ func WithHistory(pattern string, h History) Option {
 // NATS server history always uses file storage.
 func WithStoreDir(dir string) Option { return func(c *config) { c.storeDir = dir } }
 
+// WithHistoryReplicas keeps history on n JetStream nodes (1, 3 or 5), so
+// it survives the loss of a node: the stream is replicated with Raft, and a
+// publish returns once a majority has stored it. The NATS cluster (embedded
+// nodes with JetStream, or the external cluster) must have n JetStream
+// nodes. Default 1.
+func WithHistoryReplicas(n int) Option { return func(c *config) { c.historyReplicas = n } }
+
 type historyRule struct {
 	pattern string
 	h       History
@@ -119,6 +126,7 @@ func (b *Broker) openHistory(file bool) error {
 		MaxBytes:          historyMemoryBytes,
 		MaxMsgsPerSubject: perRoom,
 		Discard:           jetstream.DiscardOld,
+		Replicas:          max(b.cfg.historyReplicas, 1),
 		AllowDirect:       true,
 		AllowMsgTTL:       true,
 		RePublish:         &jetstream.RePublish{Source: b.subjects.HistWildcard(), Destination: b.subjects.LiveWildcard()},
@@ -130,13 +138,43 @@ func (b *Broker) openHistory(file bool) error {
 	if hs.js, err = jetstream.New(b.nc); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if hs.stream, err = hs.js.CreateOrUpdateStream(ctx, cfg); err != nil {
-		return fmt.Errorf("history stream: %w", err)
+	// A JetStream cluster answers once its nodes have elected a leader,
+	// which takes a quorum of them: instances that start together wait for
+	// each other here.
+	deadline := time.Now().Add(historyStartTimeout)
+	// A request sent before there is a leader goes unanswered: short tries.
+	for try := 1; ; try++ {
+		ctx, cancel := context.WithTimeout(context.Background(), min(time.Duration(try)*time.Second, 5*time.Second))
+		hs.stream, err = hs.js.CreateOrUpdateStream(ctx, cfg)
+		cancel()
+		if err == nil {
+			b.hist = hs
+			return nil
+		}
+		if !jetStreamStarting(err) || time.Now().After(deadline) {
+			return fmt.Errorf("history stream: %w", err)
+		}
+		b.log.Info("pubsub: waiting for JetStream", "err", err)
+		time.Sleep(100 * time.Millisecond)
 	}
-	b.hist = hs
-	return nil
+}
+
+// historyStartTimeout bounds New's wait for a JetStream cluster to form.
+const historyStartTimeout = time.Minute
+
+// jetStreamStarting reports whether err means "not available yet" rather
+// than a configuration the server refuses.
+func jetStreamStarting(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case 10005, 10008, 10023, 10076: // no peers yet, cluster unavailable, resources, not enabled yet
+			return true
+		}
+		return apiErr.Code == 503
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, nats.ErrTimeout)
 }
 
 // historyFor returns the history rule of room, if any.
@@ -309,4 +347,42 @@ func (b *Broker) readStoredRaw(ctx context.Context, filter string, after uint64,
 			return read, err
 		}
 	}
+}
+
+// repair delivers, from the store, the messages of t's room that the live
+// stream skipped up to position upto: a republished message names its
+// room's previous one, so a message lost between nodes (the stream's
+// leader died after storing it, or NATS dropped it) is seen as a gap. It
+// runs on the dispatcher, which waits: this happens only on failures. A
+// replica that answers may not have the messages yet, so it reads again a
+// few times before giving up.
+func (b *Broker) repair(t *topic, upto uint64, slow []*Conn) []*Conn {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for try := 0; t.lastSeq < upto && try < 20; try++ {
+		if try > 0 {
+			time.Sleep(25 * time.Millisecond)
+		}
+		_, err := b.readStoredRaw(ctx, b.subjects.Hist(t.name), t.lastSeq, 0, func(_ string, m Message) bool {
+			seq, _ := strconv.ParseUint(m.ID, 10, 64)
+			if seq > upto {
+				return false
+			}
+			f := wire.MessageFrame(wire.KindRoom, t.name, wire.Envelope{ID: m.ID, From: m.From, Data: m.Data})
+			f.Stored, f.Prev = true, t.lastSeq
+			slow = t.fanout(f, slow)
+			t.lastSeq = seq
+			return seq < upto
+		})
+		if err != nil {
+			b.log.Warn("pubsub: reading skipped messages", "room", t.name, "err", err)
+			break
+		}
+	}
+	if t.lastSeq < upto {
+		b.log.Warn("pubsub: live messages skipped and not found in the store", "room", t.name, "after", t.lastSeq, "upto", upto)
+		t.lastSeq = upto
+	}
+	b.log.Info("pubsub: delivered messages the live stream skipped", "room", t.name, "upto", upto)
+	return slow
 }

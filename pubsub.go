@@ -96,6 +96,7 @@ type config struct {
 	history         []historyRule
 	storeDir        string
 	presenceTimeout time.Duration
+	historyReplicas int
 }
 
 // Defaults, documented on the options that change them.
@@ -242,6 +243,9 @@ func New(opts ...Option) (*Broker, error) {
 	if cfg.maxMessage <= 0 || cfg.queueMessages <= 0 || cfg.queueBytes <= 0 || cfg.writeTimeout <= 0 ||
 		cfg.keepAlive <= 0 || cfg.pongTimeout <= 0 || cfg.maxRooms <= 0 || cfg.presenceTimeout <= 0 {
 		return nil, errors.New("pubsub: sizes, limits and durations in options must be positive")
+	}
+	if cfg.historyReplicas < 0 || cfg.historyReplicas > 5 {
+		return nil, errors.New("pubsub: history replicas must be 1 to 5")
 	}
 	if err := validateHistory(cfg.history); err != nil {
 		return nil, err
@@ -395,6 +399,7 @@ type topic struct {
 	refs    int           // guarded by Broker.mu
 	ready   chan struct{} // closed once the server has the subscription
 	err     error         // set before ready is closed
+	lastSeq uint64        // of a room with history: the last position delivered (dispatcher only)
 
 	mu      sync.RWMutex
 	members map[*Conn]struct{}
@@ -470,8 +475,10 @@ func (b *Broker) dispatch() {
 			continue
 		}
 		stored := env.ID == ""
+		var prev uint64
 		if stored { // stored, then republished by the history stream
 			env.ID = m.Header.Get(jetstream.SequenceHeader)
+			prev, _ = strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
 		}
 		if m.Sub == b.connSub {
 			b.deliverToConn(m.Subject, env)
@@ -483,8 +490,18 @@ func (b *Broker) dispatch() {
 		if t == nil || t.sub != m.Sub {
 			continue // unsubscribed while the message was queued
 		}
+		if stored {
+			seq, _ := strconv.ParseUint(env.ID, 10, 64)
+			if t.lastSeq != 0 && prev > t.lastSeq {
+				slow = b.repair(t, prev, slow)
+			}
+			if seq <= t.lastSeq {
+				continue // delivered by a repair already
+			}
+			t.lastSeq = seq
+		}
 		f := wire.MessageFrame(t.kind, t.name, env)
-		f.Stored = stored
+		f.Stored, f.Prev = stored, prev
 		slow = t.fanout(f, slow)
 	}
 }

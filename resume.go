@@ -45,6 +45,15 @@ var ErrInvalidID = errors.New("pubsub: invalid message id")
 
 const replayRounds = 8 // replays from the store after buffer overflows
 
+// A replay that finds the store behind the live messages (a replica not yet
+// current) reads again every behindWait, at most maxBehindTries times; a
+// store still behind after that has dropped the missing messages (then the
+// gap checks have said so).
+const (
+	behindWait     = 25 * time.Millisecond
+	maxBehindTries = 40
+)
+
 // replayBuf keeps a room's live frames during a resume. Its identity tells
 // a resume whether the room is still its own (not left, not rejoined).
 type replayBuf struct {
@@ -147,6 +156,7 @@ func (c *Conn) resume(rooms map[string]*resumeRoom, after uint64, ref []byte) {
 	}
 	scan := after
 	err := checkGaps()
+	behindTries := 0
 	for round := 0; err == nil; {
 		var n int
 		n, err = c.b.readStoredRaw(ctx, filter, scan, storedBatch, func(subj string, m Message) bool {
@@ -177,8 +187,19 @@ func (c *Conn) resume(rooms map[string]*resumeRoom, after uint64, ref []byte) {
 			err = checkGaps()
 			continue
 		}
-		if c.finishReplay(rooms) {
+		done, behind := c.finishReplay(rooms, behindTries >= maxBehindTries)
+		if done {
 			return
+		}
+		if behind {
+			// The store copy that answered has not caught up with what was
+			// published live yet (a replica): read again shortly.
+			behindTries++
+			select {
+			case <-time.After(behindWait):
+			case <-ctx.Done():
+			}
+			continue
 		}
 		if round++; round > replayRounds {
 			c.closeSlow() // the rooms move faster than this client can catch up
@@ -192,15 +213,17 @@ func (c *Conn) resume(rooms map[string]*resumeRoom, after uint64, ref []byte) {
 }
 
 // finishReplay makes the rooms live, queueing their buffered frames past
-// what was replayed of each, in store order, unless a buffer overflowed:
-// then it reports false and the replay goes on.
-func (c *Conn) finishReplay(rooms map[string]*resumeRoom) bool {
+// what was replayed of each, in store order. It does not (done is false)
+// when a buffer overflowed, or, unless anyway, when the first buffered frame
+// past the replay names a previous message of its room that the replay has
+// not read (behind): then the replay goes on.
+func (c *Conn) finishReplay(rooms map[string]*resumeRoom, anyway bool) (done, behind bool) {
 	c.mu.Lock()
 	for _, r := range rooms {
 		if c.mine(r) && r.buf.overflow {
 			r.buf.overflow = false
 			c.mu.Unlock()
-			return false
+			return false, false
 		}
 	}
 	var frames []*wire.Frame
@@ -208,12 +231,22 @@ func (c *Conn) finishReplay(rooms map[string]*resumeRoom) bool {
 		if !c.mine(r) {
 			continue
 		}
+		first := true
 		for _, f := range r.buf.frames {
 			if seq, _ := strconv.ParseUint(f.ID, 10, 64); seq > r.last {
+				if first && f.Prev > r.last && !anyway {
+					c.mu.Unlock()
+					return false, true
+				}
+				first = false
 				frames = append(frames, f)
 			}
 		}
-		delete(c.replaying, r.t)
+	}
+	for _, r := range rooms {
+		if c.mine(r) {
+			delete(c.replaying, r.t)
+		}
 	}
 	slices.SortFunc(frames, func(a, b *wire.Frame) int { return compareIDs(a.ID, b.ID) })
 	ok, start := true, false
@@ -231,7 +264,7 @@ func (c *Conn) finishReplay(rooms map[string]*resumeRoom) bool {
 	if !ok {
 		c.closeSlow()
 	}
-	return true
+	return true, false
 }
 
 func compareIDs(a, b string) int {
@@ -296,7 +329,15 @@ func (b *Broker) gapAfter(ctx context.Context, room string, after uint64) (gap b
 	}
 	head = last.Sequence
 	if after > head {
-		return true, head, nil // the store was reset: positions restarted
+		// The store was reset and positions restarted, or the replica that
+		// answered is behind: the stream's leader knows which.
+		info, err := b.hist.stream.Info(ctx)
+		if err != nil {
+			return false, head, err
+		}
+		if head = info.State.LastSeq; after > head {
+			return true, head, nil
+		}
 	}
 	next, err := b.hist.stream.GetMsg(ctx, after+1, jetstream.WithGetMsgSubject(subj))
 	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {

@@ -83,7 +83,8 @@ func CompactJSON(data []byte) ([]byte, bool) {
 type Frame struct {
 	ID     string // message id; "" for control frames
 	JSON   []byte
-	Stored bool // ID is a store position: the SSE "id:" field, a resume cursor
+	Stored bool   // ID is a store position: the SSE "id:" field, a resume cursor
+	Prev   uint64 // of a stored live message: the position of the room's previous one
 }
 
 // Kinds of message frames.
