@@ -67,6 +67,13 @@ func WithStoreDir(dir string) Option { return func(c *config) { c.storeDir = dir
 // nodes. Default 1.
 func WithHistoryReplicas(n int) Option { return func(c *config) { c.historyReplicas = n } }
 
+// WithJetStreamDomain names the JetStream domain that keeps history. Needed
+// when instances are leaf nodes of a NATS system that runs JetStream (the
+// leaf topology): give the hub's JetStream a domain (jetstream { domain:
+// hub }) and pass it here, so that every instance's history requests cross
+// the leaf connection to the one shared store.
+func WithJetStreamDomain(domain string) Option { return func(c *config) { c.jsDomain = domain } }
+
 type historyRule struct {
 	pattern string
 	h       History
@@ -83,7 +90,8 @@ type historyStore struct {
 	js      jetstream.JetStream
 	stream  jetstream.Stream
 	name    string
-	maxKeep int // the stream's per-room count limit, the largest of the rules
+	maxKeep int    // the stream's per-room count limit, the largest of the rules
+	api     string // "$JS.API." or "$JS.<domain>.API."
 }
 
 func validateHistory(rules []historyRule) error {
@@ -135,7 +143,14 @@ func (b *Broker) openHistory(file bool) error {
 		cfg.Storage, cfg.MaxBytes = jetstream.FileStorage, historyFileBytes
 	}
 	var err error
-	if hs.js, err = jetstream.New(b.nc); err != nil {
+	hs.api = "$JS.API."
+	if d := b.cfg.jsDomain; d != "" {
+		hs.api = "$JS." + d + ".API."
+		hs.js, err = jetstream.NewWithDomain(b.nc, d)
+	} else {
+		hs.js, err = jetstream.New(b.nc)
+	}
+	if err != nil {
 		return err
 	}
 	// A JetStream cluster answers once its nodes have elected a leader,
@@ -298,7 +313,7 @@ func (b *Broker) readStoredRaw(ctx context.Context, filter string, after uint64,
 		return 0, err
 	}
 	defer sub.Unsubscribe()
-	apiSubj := "$JS.API.DIRECT.GET." + b.hist.name
+	apiSubj := b.hist.api + "DIRECT.GET." + b.hist.name
 	read := 0
 	for {
 		batch := storedBatch

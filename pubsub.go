@@ -97,6 +97,7 @@ type config struct {
 	storeDir        string
 	presenceTimeout time.Duration
 	historyReplicas int
+	jsDomain        string
 }
 
 // Defaults, documented on the options that change them.
@@ -244,6 +245,9 @@ func New(opts ...Option) (*Broker, error) {
 		cfg.keepAlive <= 0 || cfg.pongTimeout <= 0 || cfg.maxRooms <= 0 || cfg.presenceTimeout <= 0 {
 		return nil, errors.New("pubsub: sizes, limits and durations in options must be positive")
 	}
+	if cfg.jsDomain != "" && subject.ValidNamespace(cfg.jsDomain) != nil {
+		return nil, fmt.Errorf("pubsub: JetStream domain %q must be 1-32 characters of [A-Za-z0-9_-]", truncate(cfg.jsDomain))
+	}
 	if cfg.historyReplicas < 0 || cfg.historyReplicas > 5 {
 		return nil, errors.New("pubsub: history replicas must be 1 to 5")
 	}
@@ -287,7 +291,9 @@ func New(opts ...Option) (*Broker, error) {
 		if eo.Logger == nil {
 			eo.Logger = cfg.logger
 		}
-		if len(cfg.history) > 0 {
+		// A leaf node uses the JetStream of the system it joins, shared by
+		// every instance; a local one would keep each instance's history apart.
+		if len(cfg.history) > 0 && len(eo.LeafRemotes) == 0 {
 			eo.JetStream = true
 			if cfg.storeDir != "" {
 				eo.StoreDir = cfg.storeDir

@@ -30,6 +30,25 @@ export interface StateDetail {
   transport?: "websocket" | "sse";
 }
 
+/** Who is in a room: counts of the whole room and one page of members, ordered by user id. */
+export interface Presence {
+  room: string;
+  /** Distinct users; a user with two tabs is one. */
+  count: number;
+  /** Connections, anonymous ones included. */
+  conns: number;
+  members: Array<{ user: string; conns: number }>;
+  /** The cursor of the next page (pass it as after), absent on the last page. */
+  next?: string;
+}
+
+export interface PresenceEvent {
+  room: string;
+  user: string;
+  /** The room's number of users after the event. */
+  count: number;
+}
+
 export interface Options {
   /** "auto" (WebSocket, falling back to SSE), "websocket", or "sse" (receive-only). Default "auto". */
   transport?: "auto" | "websocket" | "sse";
@@ -45,12 +64,19 @@ export interface Live {
   /** The user the server identified, "" if anonymous. */
   readonly user: string;
   readonly transport: "websocket" | "sse";
-  /** Calls handler for every message in room; returns the unsubscribe function. */
-  subscribe<T = unknown>(room: string, handler: (data: T, frame: Frame<T>) => void): () => void;
+  /** The URL in use (of the list given to connect). */
+  readonly url: string;
+  /**
+   * Calls handler for every message in room; returns the unsubscribe function.
+   * With { presence: true }, the room's "presence" snapshot and its "join" and "leave" events come too.
+   */
+  subscribe<T = unknown>(room: string, handler: (data: T, frame: Frame<T>) => void, options?: { presence?: boolean }): () => void;
   /** Publishes to a room (WebSocket only, if the server allows it); resolves with the message id. */
   publish(room: string, data: unknown): Promise<string>;
   /** The room's last stored messages, oldest first (WebSocket only; rooms with history). */
   history<T = unknown>(room: string, limit?: number): Promise<Array<{ id: string; from?: string; time: string; data: T }>>;
+  /** Who is in room on every instance, one page of members at a time (WebSocket only). */
+  presence(room: string, page?: { after?: string; limit?: number }): Promise<Presence>;
   /** Sends data to a server handler reading Conn.Messages (WebSocket only). */
   send(data: unknown): Promise<void>;
   on(event: "state", fn: (state: State, detail?: StateDetail) => void): () => void;
@@ -61,9 +87,16 @@ export interface Live {
   /** After a reconnect, the server could not replay everything missed in room: refetch its state. */
   on(event: "truncated", fn: (room: string) => void): () => void;
   on<T = unknown>(event: "direct" | "message", fn: (data: T, frame: Frame<T>) => void): () => void;
+  /** A room subscribed with { presence: true }: its members when the subscription took effect. */
+  on(event: "presence", fn: (presence: Presence) => void): () => void;
+  /** A user's first connection joined, or their last one left, a room subscribed with { presence: true }. */
+  on(event: "join" | "leave", fn: (event: PresenceEvent) => void): () => void;
   /** Closes for good: no reconnect. */
   close(): void;
 }
 
-/** Connects to the pubsub handler mounted at url (e.g. "/live"). */
-export function connect(url: string | URL, options?: Options): Live;
+/**
+ * Connects to the pubsub handler mounted at url (e.g. "/live"). Given a list of URLs (the
+ * instances of one app), it reconnects to the next one whenever a connection fails.
+ */
+export function connect(url: string | URL | Array<string | URL>, options?: Options): Live;

@@ -2,7 +2,7 @@
 // at <mount>/client.js, or copy this file into any front end.
 //
 //   import { connect } from "/live/client.js";
-//   const live = connect("/live");
+//   const live = connect("/live"); // or a list of instances: connect(["https://a/live", "https://b/live"])
 //   const off = live.subscribe("lobby", (data, msg) => console.log(data, msg.from));
 //   live.on("direct", (data) => console.log("for me:", data));
 //   live.on("state", (s) => console.log(s)); // connecting | open | closed
@@ -11,14 +11,16 @@
 // WebSocket first; EventSource (receive-only) when WebSocket cannot connect,
 // or always with { transport: "sse" }. Reconnects with exponential backoff and
 // full jitter, resubscribes, and sends the last message id of each room so a
-// server with history can resume. See PROTOCOL.md.
+// server with history can resume; given several URLs, reconnects to the next
+// one. See PROTOCOL.md.
 
 const NO_RETRY = new Set([1008, 4003]); // policy, forbidden: retrying cannot help
 
 export function connect(url, opts = {}) {
   const o = { transport: "auto", minDelay: 500, maxDelay: 20000, ...opts };
-  const base = new URL(url, location.href);
-  const rooms = new Map(); // room -> { handlers: Set, lastId }
+  const urls = [].concat(url).map((u) => new URL(u, location.href));
+  let base = urls[0], urlIndex = 0;
+  const rooms = new Map(); // room -> { handlers: Set, lastId, presence }
   const listeners = new Map(); // event -> Set
   const pending = new Map(); // ref -> { resolve, reject }
   let ws = null, es = null, timer = 0, attempt = 0, ref = 0, closed = false, lastEventId = "", wsWorked = false;
@@ -30,14 +32,16 @@ export function connect(url, opts = {}) {
     conn: "",
     user: "",
     get transport() { return mode === "sse" ? "sse" : "websocket"; },
+    get url() { return base.href; }, // the instance in use, given several
 
     // subscribe calls handler(data, frame) for every message in room and
     // returns a function that removes it (and unsubscribes with the last one).
-    subscribe(room, handler) {
+    // { presence: true } adds its "presence", "join" and "leave" events.
+    subscribe(room, handler, { presence = false } = {}) {
       let r = rooms.get(room);
       if (!r) {
-        rooms.set(room, (r = { handlers: new Set(), lastId: "" }));
-        if (ws?.readyState === 1) sendFrame({ type: "subscribe", room });
+        rooms.set(room, (r = { handlers: new Set(), lastId: "", presence }));
+        if (ws?.readyState === 1) sendFrame(subscribeFrame(room, r));
         if (es) rebuildSSE();
       }
       r.handlers.add(handler);
@@ -57,12 +61,15 @@ export function connect(url, opts = {}) {
     // each { id, from, time, data }), where the server keeps history.
     history(room, limit = 50) { return request({ type: "history", room, limit }, "read history"); },
 
+    // presence: who is in room (see client.d.ts); pass .next as after for more.
+    presence(room, { after = "", limit = 100 } = {}) { return request({ type: "presence", room, after, limit }, "read presence"); },
+
     // send delivers data to a server handler that reads Conn.Messages.
     send(data) { return request({ type: "send", data }, "send", true); },
 
     // on(event, fn): "state", "open", "closed", "error", "subscribed" (room),
     // "truncated" (room: messages were missed for good, refetch), "direct",
-    // "message".
+    // "message", "presence" (snapshot), "join" and "leave" ({ room, user, count }).
     // Returns a function that removes the listener.
     on(event, fn) {
       if (!listeners.has(event)) listeners.set(event, new Set());
@@ -147,11 +154,21 @@ export function connect(url, opts = {}) {
         emit("direct", f.data, f);
         emit("message", f.data, f);
         break;
+      case "join":
+      case "leave":
+        emit(f.type, f);
+        break;
+      case "presence":
+        if (!pending.has(f.ref)) {
+          emit("presence", f);
+          break;
+        }
+      // fall through: the answer to presence()
       case "published":
       case "history": {
         const p = pending.get(f.ref);
         pending.delete(f.ref);
-        p?.resolve(f.type === "history" ? f.messages : f.id);
+        p?.resolve(f.type === "history" ? f.messages : f.type === "presence" ? f : f.id);
         break;
       }
       case "error": {
@@ -159,7 +176,7 @@ export function connect(url, opts = {}) {
         if (f.code === "invalid_id" && r?.lastId) { // a position the server cannot use: subscribe afresh
           r.lastId = "";
           emit("truncated", f.room);
-          if (ws?.readyState === 1) sendFrame({ type: "subscribe", room: f.room });
+          if (ws?.readyState === 1) sendFrame(subscribeFrame(f.room, r));
           break;
         }
         const p = pending.get(f.ref);
@@ -186,9 +203,19 @@ export function connect(url, opts = {}) {
     return u;
   }
 
+  function subscribeFrame(room, r) {
+    const f = { type: "subscribe", room };
+    if (r.lastId) f.last_id = r.lastId;
+    if (r.presence) f.presence = true;
+    return f;
+  }
+
   function sseURL() {
     const u = new URL(base);
-    for (const room of rooms.keys()) u.searchParams.append("room", room);
+    for (const [room, r] of rooms) {
+      u.searchParams.append("room", room);
+      if (r.presence) u.searchParams.append("presence", room);
+    }
     if (lastEventId) u.searchParams.set("last_event_id", lastEventId);
     return u;
   }
@@ -202,7 +229,7 @@ export function connect(url, opts = {}) {
     const sock = (ws = new WebSocket(wsURL()));
     sock.onopen = () => {
       opened = wsWorked = true;
-      for (const [room, r] of rooms) sendFrame(r.lastId ? { type: "subscribe", room, last_id: r.lastId } : { type: "subscribe", room });
+      for (const [room, r] of rooms) sendFrame(subscribeFrame(room, r));
     };
     sock.onmessage = (ev) => { for (const line of ev.data.split("\n")) handle(JSON.parse(line)); };
     sock.onclose = (ev) => {
@@ -211,7 +238,6 @@ export function connect(url, opts = {}) {
       rejectPending();
       if (closed) return;
       if (opened) return dropped(ev.code, ev.reason);
-      // Never opened: refused (not logged in?), blocked, or the network.
       probe(base).then(({ status }) => {
         if (status === 401 || status === 403) return dropped(4003, `HTTP ${status}`);
         // The server answers, yet WebSocket never worked here: something on
@@ -282,13 +308,13 @@ export function connect(url, opts = {}) {
       fail({ code: "forbidden", message: `connection refused (${code} ${reason || ""}), not retrying` });
       return;
     }
+    base = urls[(urlIndex = (urlIndex + 1) % urls.length)]; // another instance, if there are
     const cap = Math.min(o.maxDelay, o.minDelay * 2 ** attempt++);
     const delay = Math.random() * (code === 1012 ? Math.min(cap, 1000) : cap); // full jitter
     timer = setTimeout(open, delay);
   }
 
-  // Open after the caller's first subscribe calls, so they ride on the
-  // first connection (SSE puts them in its URL).
+  // After the caller's first subscribe calls: they ride on the first connection.
   Promise.resolve().then(open);
   return live;
 }

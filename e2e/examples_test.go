@@ -1,7 +1,18 @@
 package e2e
 
 import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/chromedp/chromedp"
 )
@@ -93,4 +104,120 @@ func TestNotifyExample(t *testing.T) {
 	}
 	alice.screenshot("notify-alice")
 	bob.screenshot("notify-bob")
+}
+
+// startCluster runs the cluster example's three instances, each its own
+// process, on free ports, as a deployment would. It returns their URLs and
+// processes.
+func startCluster(t *testing.T) ([]string, []*exec.Cmd) {
+	t.Helper()
+	free := func() int {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().(*net.TCPAddr).Port
+	}
+	var urls, routes []string
+	var httpPorts, routePorts []int
+	for range 3 {
+		httpPorts, routePorts = append(httpPorts, free()), append(routePorts, free())
+		urls = append(urls, fmt.Sprintf("http://127.0.0.1:%d", httpPorts[len(httpPorts)-1]))
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", routePorts[len(routePorts)-1]))
+	}
+	var cmds []*exec.Cmd
+	for i := range 3 {
+		cmd := exec.Command(filepath.Join(binDir, "cluster"), "-node", strconv.Itoa(i),
+			"-http", fmt.Sprintf("127.0.0.1:%d", httpPorts[i]), "-route-port", strconv.Itoa(routePorts[i]),
+			"-routes", strings.Join(routes, ","), "-peers", strings.Join(urls, ","))
+		cmd.Env = append(os.Environ(), "DEMO_SESSION_KEY=00112233445566778899aabbccddeeff")
+		cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds = append(cmds, cmd)
+		t.Cleanup(func() {
+			_ = cmd.Process.Signal(os.Interrupt)
+			done := make(chan struct{})
+			go func() { _ = cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				_ = cmd.Process.Kill()
+			}
+		})
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, u := range urls {
+		for {
+			resp, err := http.Get(u + "/api/instance")
+			if err == nil {
+				resp.Body.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not start: %v", u, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return urls, cmds
+}
+
+// The cluster example: alice on instance 0 and bob on instance 1 see each
+// other in the room's presence and each other's messages. Instance 1 is
+// killed: bob's page moves to another instance and resumes, so it shows
+// every message exactly once, in order, including those sent while it was
+// moving; alice's page shows bob still there.
+func TestClusterExample(t *testing.T) {
+	urls, cmds := startCluster(t)
+	alice, bob := newTab(t), newTab(t)
+	alice.open(urls[0])
+	alice.login("alice")
+	bob.open(urls[1])
+	bob.login("bob")
+	for _, b := range []*tab{alice, bob} {
+		b.waitFor("live", `live.state === "open" && document.querySelector("#live-instance").textContent.startsWith("node")`)
+		b.waitFor("both present", `document.querySelector("#count").textContent === "2"`)
+	}
+	var where string
+	bob.eval(`document.querySelector("#live-instance").textContent`, &where)
+	if where != "node1" {
+		t.Fatalf("bob is live on %q, want node1", where)
+	}
+	send := func(text string) {
+		t.Helper()
+		// While the cluster replaces a dead node's part, a publish may fail: retry, as an app would.
+		var ok bool
+		alice.eval(`(async () => {
+			for (let i = 0; i < 40; i++) {
+				try { await live.publish("lobby", {text: `+jsString(text)+`, via: "node0"}); return true; }
+				catch { await new Promise((r) => setTimeout(r, 250)); }
+			}
+			return false;
+		})()`, &ok)
+		if !ok {
+			t.Fatalf("publishing %s failed", text)
+		}
+	}
+	send("m1")
+	bob.waitFor("m1", `document.querySelector("#messages").innerText.includes("m1")`)
+
+	_ = cmds[1].Process.Kill() // no goodbye: a crashed instance
+	for i := 2; i <= 6; i++ {
+		send(fmt.Sprintf("m%d", i))
+	}
+	bob.waitFor("moved", `live.state === "open" && ["node0", "node2"].includes(document.querySelector("#live-instance").textContent)`)
+	send("m7")
+	bob.waitFor("m7", `document.querySelector("#messages").innerText.includes("m7")`)
+	var got []string
+	bob.eval(`[...document.querySelectorAll("#messages li")].map((li) => li.lastChild.textContent)`, &got)
+	if want := []string{"m1", "m2", "m3", "m4", "m5", "m6", "m7"}; !slices.Equal(got, want) {
+		t.Fatalf("bob's page shows %q, want %q", got, want)
+	}
+	// Alice sees bob still there; node1's entries expire with its heartbeats.
+	alice.waitFor("bob, once", `document.querySelector("#count").textContent === "2" && document.querySelector("#members").innerText.split("\n").includes("bob")`)
+	alice.screenshot("cluster-alice")
+	bob.screenshot("cluster-bob")
 }

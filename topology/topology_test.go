@@ -68,7 +68,7 @@ func hub(t *testing.T) (clientURL, leafURL string) {
 	t.Helper()
 	dir := t.TempDir()
 	port, leaf := freePort(t), freePort(t)
-	conf := fmt.Sprintf("listen: 127.0.0.1:%d\nleafnodes { listen: 127.0.0.1:%d }\njetstream { store_dir: %q }\n", port, leaf, filepath.Join(dir, "js"))
+	conf := fmt.Sprintf("listen: 127.0.0.1:%d\nleafnodes { listen: 127.0.0.1:%d }\njetstream { store_dir: %q, domain: hub }\n", port, leaf, filepath.Join(dir, "js"))
 	if err := os.WriteFile(filepath.Join(dir, "hub.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -253,11 +253,17 @@ func deliverAcross(t *testing.T, a, b *pubsub.Broker) {
 
 // Each instance's embedded server joins an existing NATS system as a leaf
 // node, with no listener of its own.
+// History is stored in the hub's JetStream (a leaf instance runs none of
+// its own), so it resumes across instances.
 func TestLeafNodes(t *testing.T) {
 	_, leaf := hub(t)
-	a := newBroker(t, pubsub.WithEmbedded(embedded.Options{Name: "leaf-a", LeafRemotes: []string{leaf}}))
-	b := newBroker(t, pubsub.WithEmbedded(embedded.Options{Name: "leaf-b", LeafRemotes: []string{leaf}}))
+	history := pubsub.WithHistory("chat:*", pubsub.History{Messages: 100})
+	domain := pubsub.WithJetStreamDomain("hub")
+	a := newBroker(t, history, domain, pubsub.WithEmbedded(embedded.Options{Name: "leaf-a", LeafRemotes: []string{leaf}}))
+	b := newBroker(t, history, domain, pubsub.WithEmbedded(embedded.Options{Name: "leaf-b", LeafRemotes: []string{leaf}}))
 	deliverAcross(t, a, b)
+	resumeAcross(t, a, b)
+	presenceAcross(t, a, b)
 }
 
 // Instances with no embedded server, on the NATS URL ops runs; history is
@@ -268,8 +274,13 @@ func TestExternalNATS(t *testing.T) {
 	a := newBroker(t, pubsub.WithNATSURL(url), history)
 	b := newBroker(t, pubsub.WithNATSURL(url), history)
 	deliverAcross(t, a, b)
+	resumeAcross(t, a, b)
+	presenceAcross(t, a, b)
+}
 
-	// Stored on one instance, resumed from another.
+// resumeAcross stores messages through a and resumes them on b.
+func resumeAcross(t *testing.T, a, b *pubsub.Broker) {
+	t.Helper()
 	ctx := context.Background()
 	first, err := a.PublishAck(ctx, "chat:x", msg("0"))
 	if err != nil || !first.Stored {
@@ -286,6 +297,32 @@ func TestExternalNATS(t *testing.T) {
 	for _, want := range []string{"1", "2"} {
 		if f := c.next(); f.Data.Text != want {
 			t.Fatalf("resume on the other instance: %+v, want %s", f, want)
+		}
+	}
+}
+
+// presenceAcross checks that a and b see the same room members.
+func presenceAcross(t *testing.T, a, b *pubsub.Broker) {
+	t.Helper()
+	ca := dial(t, serve(t, a), "ann")
+	cb := dial(t, serve(t, b), "ben")
+	for _, c := range []*client{ca, cb} {
+		_ = c.c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"subscribe","room":"here"}`))
+		if f := c.next(); f.Type != "subscribed" {
+			t.Fatalf("got %+v", f)
+		}
+	}
+	for _, br := range []*pubsub.Broker{a, b} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			p, err := br.Presence(context.Background(), "here")
+			if err == nil && p.Count == 2 && len(p.Members) == 2 && p.Members[0].User == "ann" && p.Members[1].User == "ben" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("presence: %+v %v", p, err)
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 }

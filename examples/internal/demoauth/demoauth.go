@@ -30,6 +30,10 @@ func New() *Sessions {
 	return &Sessions{key: key}
 }
 
+// NewWithKey returns Sessions whose cookies are valid on every instance
+// that shares key.
+func NewWithKey(key []byte) *Sessions { return &Sessions{key: key} }
+
 func (s *Sessions) sign(name string) string {
 	m := hmac.New(sha256.New, s.key)
 	m.Write([]byte(name))
