@@ -184,3 +184,39 @@ func ExampleWithSubscribeAuth() {
 	fmt.Println("ready")
 	// Output: ready
 }
+
+// Presence answers who is in a room on every instance: users, not tabs.
+// A subscriber that asks for it gets the room's members, then join and
+// leave events.
+func ExampleBroker_Presence() {
+	ps, err := pubsub.New()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ps.Close()
+	mux := http.NewServeMux()
+	mux.Handle("/live", requireLogin(ps.Handler()))
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	ctx := context.Background()
+
+	// The watcher subscribes with presence: "subscribed", then a snapshot.
+	watcher := dial(ctx, srv, "watcher", "?room=lobby&presence=lobby", 2)
+	fmt.Println(watcher.next(ctx))
+	dial(ctx, srv, "alice", "?room=lobby", 2)
+	dial(ctx, srv, "alice", "?room=lobby", 2) // a second tab: no event
+	dial(ctx, srv, "bob", "?room=lobby", 2)
+	fmt.Println(watcher.next(ctx))
+	fmt.Println(watcher.next(ctx))
+
+	p, err := ps.Presence(ctx, "lobby")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(p.Count, "users,", p.Conns, "connections:", p.Members)
+	// Output:
+	// {"type":"presence","room":"lobby","count":1,"conns":1,"members":[{"user":"watcher","conns":1}]}
+	// {"type":"join","room":"lobby","user":"alice","count":2}
+	// {"type":"join","room":"lobby","user":"bob","count":3}
+	// 3 users, 4 connections: [{alice 2} {bob 1} {watcher 1}]
+}

@@ -26,7 +26,8 @@ import (
 // text/event-stream becomes an SSE stream, on the same path. Mount it behind
 // the host's own middleware; the user stored with WithUser is the
 // connection's identity. Query parameters "room" (repeatable) subscribe at
-// connect time. See PROTOCOL.md for the frames.
+// connect time, "presence" (repeatable) asks for those rooms' presence
+// events. See PROTOCOL.md for the frames.
 //
 // The same handler serves the browser client at <mount>/client.js (and
 // client.d.ts) when routed there. The client is a public static file: mount
