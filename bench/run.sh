@@ -5,6 +5,7 @@
 #
 #   bench/run.sh            # all workloads (about 10 minutes on 2 cores)
 #   bench/run.sh A C        # only some
+#   bench/run.sh cluster    # 3-instance roomcast cluster, 45,000 connections (~3 minutes; not in the default list)
 set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p results bin
@@ -23,6 +24,9 @@ if [ $# -eq 0 ]; then set -- A A-sse B C D-rooms D-users; : > $out.jsonl; : > $o
       C)       bin/load "${common[@]}" -conns 1000 -n 100 -interval 100ms -size 64 -bursts 1 ;;
       D-rooms) bin/load "${common[@]}" -conns 10000 -rooms 1000 -n 20000 -size 64 -bursts 3 ;;
       D-users) bin/load "${common[@]}" -conns 10000 -users 10000 -target user -n 20000 -size 64 -bursts 3 ;;
+      # 15,000 connections per instance, each instance and its subscribers in their own processes;
+      # single-instance baseline, then the 3-node cluster, twice (paired ratios: the machine is noisy).
+      cluster) bin/load "${common[@]}" -instances 1,3,1,3 -conns 15000 -n 20 -size 64 -bursts 5 -pause 1s ;;
       *) echo "unknown workload $w" >&2; exit 2 ;;
     esac
   done

@@ -4,6 +4,7 @@
 // rate, latency, loss, and the server's memory and CPU from /proc.
 //
 //	load -server ./server -impls roomcast,gorilla,melody -conns 10000 -n 100 -bursts 5
+//	load -server ./server -instances 1,3 -conns 15000 -n 20 -bursts 5   # roomcast cluster (cluster.go)
 //
 // One JSON line per run goes to -json (appended); a table goes to stdout.
 package main
@@ -40,6 +41,10 @@ type config struct {
 	jsonOut                          string
 	hold                             time.Duration
 	cpuProfile                       string
+	srcBase                          int    // first source address 127.0.0.srcBase
+	instances                        string // cluster mode: "1,3" = one run per instance count
+	child                            bool   // cluster mode: subscriber process (cluster.go)
+	childAddr                        string
 }
 
 func main() {
@@ -63,9 +68,23 @@ func main() {
 	flag.DurationVar(&c.hold, "hold", 0, "after measuring idle memory, wait this long (to take a profile)")
 	flag.StringVar(&c.cpuProfile, "cpuprofile", "", "write a 5 s CPU profile of the server, taken during the bursts, to this file")
 	flag.StringVar(&c.jsonOut, "json", "", "append one JSON line per run to this file")
+	flag.IntVar(&c.srcBase, "src-base", 1, "dial from 127.0.0.<src-base>, one more address per 20,000 connections")
+	flag.StringVar(&c.instances, "instances", "", "cluster mode (roomcast only): comma-separated instance counts, e.g. 1,3; "+
+		"-conns is then per instance, each instance is its own server process with its own subscriber process, "+
+		"and every message is published on instance 0")
+	flag.BoolVar(&c.child, "child", false, "internal: run as the subscriber process of one instance (see cluster.go)")
+	flag.StringVar(&c.childAddr, "addr", "", "internal: with -child, the server address")
 	flag.Parse()
 	c.impls = strings.Split(impls, ",")
 	raiseFileLimit()
+	if c.child {
+		runChild(c)
+		return
+	}
+	if c.instances != "" {
+		runClusters(c)
+		return
+	}
 
 	var results []result
 	for _, im := range c.impls {
@@ -263,13 +282,19 @@ func control(u string) {
 	resp.Body.Close()
 }
 
-func waitFor(cond func() bool, timeout time.Duration) bool {
+// waitFor polls cond every millisecond, or every every[0], until it holds
+// or timeout has passed.
+func waitFor(cond func() bool, timeout time.Duration, every ...time.Duration) bool {
+	step := time.Millisecond
+	if len(every) > 0 {
+		step = every[0]
+	}
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
 			return false
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(step)
 	}
 	return true
 }
@@ -283,7 +308,7 @@ type state struct {
 func (s *state) reset(burst int64, conns []*subscriber) {
 	for _, c := range conns {
 		c.mu.Lock()
-		c.next, c.got, c.dup, c.disorder = 0, 0, 0, 0
+		c.next, c.got, c.dup, c.disorder, c.frames = 0, 0, 0, 0, 0
 		c.hist = histogram{}
 		c.mu.Unlock()
 	}
@@ -301,6 +326,7 @@ type subscriber struct {
 	mu       sync.Mutex
 	next     int // next expected seq in the current burst
 	got      int
+	frames   int // frames (SSE events) with at least one message of the burst
 	dup      int
 	disorder int
 	last     time.Time
@@ -351,6 +377,9 @@ func (s *subscriber) handle(p []byte) {
 		s.hist.add(now.UnixNano() - ts)
 	}
 	s.last = now
+	if n > 0 {
+		s.frames++
+	}
 	s.mu.Unlock()
 	if n > 0 {
 		s.st.delivered.Add(n)
@@ -430,7 +459,7 @@ func dialAll(c config, addr string, st *state) ([]*subscriber, int) {
 			}
 			// Past ~20k sockets per source address the ephemeral ports run
 			// out: use 127.0.0.2, .3, … as extra sources.
-			src := net.IPv4(127, 0, 0, byte(1+i/20000))
+			src := net.IPv4(127, 0, 0, byte(c.srcBase+i/20000))
 			s := &subscriber{st: st}
 			var err error
 			if c.transport == "sse" {

@@ -7,16 +7,36 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/olahol/melody"
 
 	"github.com/roomcast/pubsub"
+	"github.com/roomcast/pubsub/embedded"
 )
 
-func newRoomcast() *roomcast {
-	ps, err := pubsub.New(pubsub.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+type clusterFlags struct {
+	name, routes  string
+	port, monitor int
+}
+
+func newRoomcast(cl clusterFlags) *roomcast {
+	opts := []pubsub.Option{pubsub.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}
+	if cl.port != 0 {
+		eo := embedded.Options{Name: cl.name, Host: "127.0.0.1", Port: -1,
+			Cluster: &embedded.Cluster{Name: "bench", Host: "127.0.0.1", Port: cl.port}}
+		if cl.routes != "" {
+			eo.Cluster.Routes = strings.Split(cl.routes, ",")
+		}
+		if cl.monitor != 0 {
+			eo.Configure = func(o *server.Options) { o.HTTPHost, o.HTTPPort = "127.0.0.1", cl.monitor }
+		}
+		opts = append(opts, pubsub.WithEmbedded(eo))
+	}
+	ps, err := pubsub.New(opts...)
 	if err != nil {
 		log.Fatal(err)
 	}

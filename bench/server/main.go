@@ -3,6 +3,13 @@
 // the same HTTP interface, so the load generator measures them alike.
 //
 //	server -impl roomcast|gorilla|melody -addr 127.0.0.1:0
+//	server -impl roomcast -name node0 -cluster-port 7001 -routes nats-route://127.0.0.1:7002,… -monitor-port 8222
+//
+// With -cluster-port (roomcast only) the broker's embedded NATS node opens a
+// client listener and a route listener on loopback and joins the other
+// nodes named by -routes as one cluster (no JetStream); -monitor-port opens
+// nats-server's monitoring endpoint (/routez), which the load generator
+// polls until the mesh is complete.
 //
 // It prints "listening <addr>" once ready. Endpoints:
 //
@@ -41,12 +48,17 @@ type impl interface {
 func main() {
 	name := flag.String("impl", "roomcast", "roomcast, gorilla or melody")
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
+	var cl clusterFlags
+	flag.StringVar(&cl.name, "name", "", "roomcast: NATS server name in the cluster")
+	flag.IntVar(&cl.port, "cluster-port", 0, "roomcast: join a NATS cluster, route listener on 127.0.0.1:PORT (0: no cluster)")
+	flag.StringVar(&cl.routes, "routes", "", "roomcast: comma-separated route URLs of the cluster's nodes (its own is ignored)")
+	flag.IntVar(&cl.monitor, "monitor-port", 0, "roomcast: nats-server monitoring on 127.0.0.1:PORT (0: none)")
 	flag.Parse()
 
 	var im impl
 	switch *name {
 	case "roomcast":
-		im = newRoomcast()
+		im = newRoomcast(cl)
 	case "gorilla":
 		im = newGorilla()
 	case "melody":
