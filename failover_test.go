@@ -339,3 +339,30 @@ func TestLiveGapFilledFromStore(t *testing.T) {
 		t.Fatalf("after the gap: %v", got)
 	}
 }
+
+// A store reset (the stream recreated, positions starting again at 1) does
+// not silence a room whose subscribers stayed: lower positions are new
+// messages, not repeats.
+func TestLiveAfterStoreReset(t *testing.T) {
+	b := historyBroker(t)
+	srv := serve(t, b, nil)
+	c := dialWS(t, srv, dialOpts{user: "u", rooms: []string{"chat:reset"}})
+	for _, m := range []string{"1", "2", "3"} {
+		if _, err := b.PublishAck(ctx, "chat:reset", msg(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.hist.js.DeleteStream(ctx, b.hist.name); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.openHistory(false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.PublishAck(ctx, "chat:reset", msg("after")); err != nil {
+		t.Fatal(err)
+	}
+	sendMarker(t, b, c, "end")
+	if got := fmt.Sprint(texts(collect(t, c, "end"))); got != "[message:chat:reset:1 message:chat:reset:2 message:chat:reset:3 message:chat:reset:after]" {
+		t.Fatalf("received %v", got)
+	}
+}

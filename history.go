@@ -374,19 +374,28 @@ func (b *Broker) readStoredRaw(ctx context.Context, filter string, after uint64,
 func (b *Broker) repair(t *topic, upto uint64, slow []*Conn) []*Conn {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	for try := 0; t.lastSeq < upto && try < 20; try++ {
+	if len(t.repaired) > 4096 { // live copies that never came: forget them
+		clear(t.repaired)
+	}
+	current := false // the store has what came after: the rest is gone
+	for try := 0; t.lastSeq < upto && !current && try < 8; try++ {
 		if try > 0 {
 			time.Sleep(25 * time.Millisecond)
 		}
 		_, err := b.readStoredRaw(ctx, b.subjects.Hist(t.name), t.lastSeq, 0, func(_ string, m Message) bool {
 			seq, _ := strconv.ParseUint(m.ID, 10, 64)
 			if seq > upto {
+				current = true
 				return false
 			}
 			f := wire.MessageFrame(wire.KindRoom, t.name, wire.Envelope{ID: m.ID, From: m.From, Data: m.Data})
 			f.Stored, f.Prev = true, t.lastSeq
 			slow = t.fanout(f, slow)
 			t.lastSeq = seq
+			if t.repaired == nil {
+				t.repaired = make(map[uint64]struct{})
+			}
+			t.repaired[seq] = struct{}{}
 			return seq < upto
 		})
 		if err != nil {
@@ -398,6 +407,6 @@ func (b *Broker) repair(t *topic, upto uint64, slow []*Conn) []*Conn {
 		b.log.Warn("pubsub: live messages skipped and not found in the store", "room", t.name, "after", t.lastSeq, "upto", upto)
 		t.lastSeq = upto
 	}
-	b.log.Info("pubsub: delivered messages the live stream skipped", "room", t.name, "upto", upto)
+	b.log.Info("pubsub: filled a gap in a room's live messages", "room", t.name, "upto", upto)
 	return slow
 }

@@ -189,6 +189,24 @@ func (p *presence) shutdown() {
 	p.beat("bye")
 	close(p.stop)
 	<-p.done
+	p.unsubscribe()
+}
+
+// unsubscribe removes every presence subscription: on a connection the
+// host owns (WithNATSConn) they would outlive the broker.
+func (p *presence) unsubscribe() {
+	for _, sub := range []*nats.Subscription{p.querySub, p.instSub} {
+		if sub != nil {
+			_ = sub.Unsubscribe()
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for room, r := range p.views {
+		_ = r.sub.Unsubscribe()
+		delete(p.views, room)
+		delete(p.bySubject, r.sub.Subject)
+	}
 }
 
 func (p *presence) publish(subj string, m *presenceMsg) {
@@ -355,6 +373,7 @@ func (p *presence) dropInstance(inst string) {
 			r.send(ev)
 		}
 		delete(r.waiting, inst)
+		delete(r.snapshots, inst)
 		r.checkReady()
 	}
 }
@@ -374,9 +393,7 @@ func (p *presence) apply(m *nats.Msg, pm *presenceMsg) {
 	if r == nil || r.sub != m.Sub || pm.Room != r.room {
 		return
 	}
-	if _, known := p.live[pm.Instance]; known {
-		p.live[pm.Instance] = time.Now()
-	}
+	p.live[pm.Instance] = time.Now() // so that it expires if it dies now
 	var ev events
 	switch pm.Kind {
 	case "sync":
@@ -393,12 +410,12 @@ func (p *presence) apply(m *nats.Msg, pm *presenceMsg) {
 			// already seen
 		default:
 			// A change was lost (or the view started after this room's
-			// first one): a snapshot will set things right.
-			if _, pending := r.snapshots[pm.Instance]; !pending {
-				r.stale = true
-				if time.Since(r.asked) > time.Second {
-					p.query(r)
-				}
+			// first one): a snapshot will set things right. A snapshot in
+			// progress would have come before this change: its end was lost.
+			delete(r.snapshots, pm.Instance)
+			r.stale = true
+			if time.Since(r.asked) > time.Second {
+				p.query(r)
 			}
 		}
 	case "snapshot":
@@ -538,21 +555,31 @@ func (r *roomView) send(ev events) {
 	if len(ev) == 0 || len(r.watchers) == 0 {
 		return
 	}
-	count := r.count()
-	var slow []*Conn
-	for _, e := range ev {
-		e.Count = count // the count after the whole update
-		f := wire.PresenceEventFrame(r.room, e)
-		for c := range r.watchers {
+	var frames []*wire.Frame
+	if len(ev) > presenceBurst {
+		// Many users at once (an instance died, a resync): one fresh
+		// snapshot says it in one frame, where events could fill queues.
+		frames = []*wire.Frame{wire.PresenceFrame(r.room, r.presencePage("", DefaultPresencePage), nil)}
+	} else {
+		count := r.count()
+		for _, e := range ev {
+			e.Count = count // the count after the whole update
+			frames = append(frames, wire.PresenceEventFrame(r.room, e))
+		}
+	}
+	for c := range r.watchers {
+		for _, f := range frames {
 			if !c.enqueue(f) {
-				slow = append(slow, c)
+				go c.closeSlow() // closing unwatches, which needs presence.mu
+				break
 			}
 		}
 	}
-	for _, c := range slow {
-		go c.closeSlow() // closing unwatches, which needs presence.mu
-	}
 }
+
+// presenceBurst is the most join and leave events one update sends; past
+// it, watchers get a presence frame instead.
+const presenceBurst = 32
 
 func (r *roomView) checkReady() {
 	if !r.isReady && len(r.waiting) == 0 {

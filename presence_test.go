@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/roomcast/pubsub/embedded"
 )
 
 // awaitPresence waits until b's presence of room is want (counts and first
@@ -268,5 +270,63 @@ func TestClusterPresence(t *testing.T) {
 	}
 	if got := nextPresence(t, watcher); got != "leave:bob:2" {
 		t.Fatalf("event %s, want bob's leave", got)
+	}
+}
+
+// When many users go at once (their instance died), watchers get one fresh
+// presence frame rather than a leave each: a burst must not overflow their
+// queues and disconnect them in the middle of a failover.
+func TestPresenceBurstIsOneFrame(t *testing.T) {
+	bs := newCluster(t, 2, WithPresenceTimeout(600*time.Millisecond), WithSendQueue(16, 1<<20))
+	s0, s1 := serve(t, bs[0], nil), serve(t, bs[1], nil)
+	watcher := dialWS(t, s0, dialOpts{user: "watcher", rooms: []string{"lobby"}, presence: []string{"lobby"}})
+	if got := nextPresence(t, watcher); got != "presence:1:1:watcher×1" {
+		t.Fatalf("first presence frame %s", got)
+	}
+	const n = 40
+	for i := range n {
+		dialWS(t, s1, dialOpts{user: fmt.Sprintf("u%02d", i), rooms: []string{"lobby"}})
+		if got, want := nextPresence(t, watcher), fmt.Sprintf("join:u%02d:%d", i, i+2); got != want {
+			t.Fatalf("event %s, want %s", got, want)
+		}
+	}
+	bs[1].srv.NATS().Shutdown() // 40 users gone at once
+	if got := nextPresence(t, watcher); got != "presence:1:1:watcher×1" {
+		t.Fatalf("after the burst: %s", got)
+	}
+	sendMarker(t, bs[0], watcher, "still here")
+	if fs := collect(t, watcher, "still here"); len(fs) != 0 {
+		t.Fatalf("then: %+v", fs)
+	}
+}
+
+// Presence subscriptions end with the broker, also on a NATS connection
+// the host owns.
+func TestPresenceUnsubscribesOnClose(t *testing.T) {
+	srv, err := embedded.Start(embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	b, err := New(WithNATSConn(nc), WithLogger(quietLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Presence(ctx, "lobby"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := nc.NumSubscriptions(); n != 0 {
+		t.Fatalf("%d subscriptions left on the host's connection", n)
+	}
+	if _, err := New(WithPresenceTimeout(time.Nanosecond)); err == nil {
+		t.Fatal("a presence timeout of 1ns was accepted")
 	}
 }

@@ -242,11 +242,14 @@ func New(opts ...Option) (*Broker, error) {
 		return nil, fmt.Errorf("pubsub: %w", err)
 	}
 	if cfg.maxMessage <= 0 || cfg.queueMessages <= 0 || cfg.queueBytes <= 0 || cfg.writeTimeout <= 0 ||
-		cfg.keepAlive <= 0 || cfg.pongTimeout <= 0 || cfg.maxRooms <= 0 || cfg.presenceTimeout <= 0 {
+		cfg.keepAlive <= 0 || cfg.pongTimeout <= 0 || cfg.maxRooms <= 0 {
 		return nil, errors.New("pubsub: sizes, limits and durations in options must be positive")
 	}
 	if cfg.jsDomain != "" && subject.ValidNamespace(cfg.jsDomain) != nil {
 		return nil, fmt.Errorf("pubsub: JetStream domain %q must be 1-32 characters of [A-Za-z0-9_-]", truncate(cfg.jsDomain))
+	}
+	if cfg.presenceTimeout < 300*time.Millisecond {
+		return nil, errors.New("pubsub: the presence timeout must be at least 300ms")
 	}
 	if cfg.historyReplicas < 0 || cfg.historyReplicas > 5 {
 		return nil, errors.New("pubsub: history replicas must be 1 to 5")
@@ -313,7 +316,11 @@ func New(opts ...Option) (*Broker, error) {
 		err = b.nc.FlushTimeout(10 * time.Second)
 	}
 	if err == nil && len(cfg.history) > 0 {
-		err = b.openHistory(b.srv == nil || cfg.storeDir != "")
+		// Memory only for a store of this instance's own: a shared one (a
+		// hub's, a cluster's) outlives it and may be shared with instances
+		// that connect by URL.
+		ownStore := b.srv != nil && len(cfg.embedded.LeafRemotes) == 0
+		err = b.openHistory(!ownStore || cfg.storeDir != "")
 	}
 	if err == nil {
 		err = b.pres.start()
@@ -398,14 +405,15 @@ func (b *Broker) nextMessageID() string {
 // topic is one NATS subscription shared by all local connections in a room,
 // or by all local connections of a user.
 type topic struct {
-	subject string
-	kind    int    // wire.KindRoom or wire.KindUser
-	name    string // room name or user id
-	sub     *nats.Subscription
-	refs    int           // guarded by Broker.mu
-	ready   chan struct{} // closed once the server has the subscription
-	err     error         // set before ready is closed
-	lastSeq uint64        // of a room with history: the last position delivered (dispatcher only)
+	subject  string
+	kind     int    // wire.KindRoom or wire.KindUser
+	name     string // room name or user id
+	sub      *nats.Subscription
+	refs     int                 // guarded by Broker.mu
+	ready    chan struct{}       // closed once the server has the subscription
+	err      error               // set before ready is closed
+	lastSeq  uint64              // of a room with history: the last position delivered (dispatcher only)
+	repaired map[uint64]struct{} // positions a repair delivered ahead of their live copy
 
 	mu      sync.RWMutex
 	members map[*Conn]struct{}
@@ -501,10 +509,11 @@ func (b *Broker) dispatch() {
 			if t.lastSeq != 0 && prev > t.lastSeq {
 				slow = b.repair(t, prev, slow)
 			}
-			if seq <= t.lastSeq {
+			if _, dup := t.repaired[seq]; dup {
+				delete(t.repaired, seq)
 				continue // delivered by a repair already
 			}
-			t.lastSeq = seq
+			t.lastSeq = seq // a lower one: the store was reset
 		}
 		f := wire.MessageFrame(t.kind, t.name, env)
 		f.Stored, f.Prev = stored, prev
@@ -633,6 +642,7 @@ func (b *Broker) shutdownNow(ctx context.Context) error {
 
 func (b *Broker) teardownNATS() {
 	if b.nc != nil {
+		b.pres.unsubscribe()
 		if b.connSub != nil {
 			_ = b.connSub.Unsubscribe()
 		}

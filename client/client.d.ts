@@ -87,7 +87,7 @@ export interface Live {
   /** After a reconnect, the server could not replay everything missed in room: refetch its state. */
   on(event: "truncated", fn: (room: string) => void): () => void;
   on<T = unknown>(event: "direct" | "message", fn: (data: T, frame: Frame<T>) => void): () => void;
-  /** A room subscribed with { presence: true }: its members when the subscription took effect. */
+  /** A room subscribed with { presence: true }: its members when the subscription took effect, and again after a burst of changes (replace, do not merge). */
   on(event: "presence", fn: (presence: Presence) => void): () => void;
   /** A user's first connection joined, or their last one left, a room subscribed with { presence: true }. */
   on(event: "join" | "leave", fn: (event: PresenceEvent) => void): () => void;

@@ -1,5 +1,4 @@
-// roomcast/pubsub browser client. No dependencies; served by the Go handler
-// at <mount>/client.js, or copy this file into any front end.
+// roomcast/pubsub browser client, served by the Go handler at <mount>/client.js.
 //
 //   import { connect } from "/live/client.js";
 //   const live = connect("/live"); // or a list of instances: connect(["https://a/live", "https://b/live"])
@@ -39,8 +38,9 @@ export function connect(url, opts = {}) {
     // { presence: true } adds its "presence", "join" and "leave" events.
     subscribe(room, handler, { presence = false } = {}) {
       let r = rooms.get(room);
-      if (!r) {
-        rooms.set(room, (r = { handlers: new Set(), lastId: "", presence }));
+      if (!r || (presence && !r.presence)) {
+        if (!r) rooms.set(room, (r = { handlers: new Set(), lastId: "" }));
+        r.presence = r.presence || presence;
         if (ws?.readyState === 1) sendFrame(subscribeFrame(room, r));
         if (es) rebuildSSE();
       }
@@ -53,8 +53,7 @@ export function connect(url, opts = {}) {
       };
     },
 
-    // publish resolves with the message id once the server accepted it, and
-    // rejects with an Error carrying .code (e.g. "forbidden").
+    // publish resolves with the message id, or rejects with an Error with .code.
     publish(room, data) { return request({ type: "publish", room, data }, "publish"); },
 
     // history resolves with the room's last stored messages (oldest first,
@@ -259,9 +258,10 @@ export function connect(url, opts = {}) {
     };
     src.onerror = () => {
       if (es !== src) return;
-      if (src.readyState === 0) return setState("connecting"); // the browser retries by itself
-      // CLOSED: the browser gave up (an HTTP error). Ask why, with the
-      // same rooms: a refused room is named in the answer's headers.
+      // The browser retries by itself; given other instances, move on instead.
+      if (src.readyState === 0 && (urls.length < 2 || live.state === "open")) return setState("connecting");
+      // Closed (an HTTP error) or moving on: ask why; a refused room is named in the headers.
+      src.close();
       es = null;
       probe(sseURL()).then(({ status, error, room }) => {
         if (error === "invalid_id") {
