@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -148,6 +149,11 @@ const presenceChunk = 32 << 10
 // presenceLinger keeps a view alive after its last use, so that repeated
 // Presence calls stay answers from memory.
 const presenceLinger = 30 * time.Second
+
+// maxPresenceViews bounds the rooms an instance keeps presence views of
+// (watched, or asked about in the last presenceLinger), so that clients
+// asking about ever new rooms cannot grow it without end.
+const maxPresenceViews = 10000
 
 // presenceReadyTimeout bounds the wait for every instance's first snapshot.
 const presenceReadyTimeout = 2 * time.Second
@@ -628,6 +634,10 @@ func (p *presence) acquire(ctx context.Context, room string) (*roomView, error) 
 	}
 	r := p.views[room]
 	if r == nil {
+		if len(p.views) >= maxPresenceViews {
+			p.mu.Unlock()
+			return nil, fmt.Errorf("%w: presence is kept for at most %d rooms per instance", ErrTooManyRooms, maxPresenceViews)
+		}
 		sub, err := p.b.nc.ChanSubscribe(p.b.subjects.Presence(room), p.inbox)
 		if err != nil {
 			p.mu.Unlock()
@@ -792,6 +802,10 @@ func (c *Conn) clientPresence(f wire.ClientFrame) {
 	}
 	p := c.b.pres
 	r, err := p.acquire(c.ctx, f.Room)
+	if errors.Is(err, ErrTooManyRooms) {
+		c.reply(wire.Error("too_many_rooms", "presence is not available for more rooms now", f.Room, f.Ref))
+		return
+	}
 	if err != nil {
 		if !c.b.isClosing() {
 			c.b.log.Error("pubsub: presence", "room", f.Room, "err", err)
