@@ -332,9 +332,9 @@ func (p *presence) heard(m *presenceMsg) {
 	}
 	_, known := p.live[m.Instance]
 	p.live[m.Instance] = time.Now()
-	if !known {
-		// Back from a partition, or new: whatever views have of it may be
-		// stale or missing.
+	if !known || m.Kind == "hello" {
+		// Back from a partition, new, or reconnected to NATS: whatever
+		// views have of it may be stale or missing.
 		for _, r := range p.views {
 			r.stale = true
 		}
@@ -356,6 +356,10 @@ func (p *presence) sweep(now time.Time) {
 	}
 	resyncAll := reconnects != p.reconnects
 	p.reconnects = reconnects
+	if resyncAll {
+		// Changes of ours may have been lost too: others must ask again.
+		p.beat("hello")
+	}
 	for room, r := range p.views {
 		if r.refs == 0 && now.Sub(r.idleSince) > presenceLinger {
 			delete(p.views, room)
