@@ -2,12 +2,14 @@ package pubsub
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/roomcast/pubsub/internal/wire"
@@ -100,6 +102,8 @@ type resumeRoom struct {
 	name string
 	buf  *replayBuf
 	last uint64 // the client has the room up to here
+
+	leaderLast uint64 // the room's last position on the stream's leader (replicated history)
 }
 
 // startResume resumes rooms (already joined in replay mode) from after, in
@@ -187,7 +191,20 @@ func (c *Conn) resume(rooms map[string]*resumeRoom, after uint64, ref []byte) {
 			err = checkGaps()
 			continue
 		}
-		done, behind := c.finishReplay(rooms, behindTries >= maxBehindTries)
+		anyway := behindTries >= maxBehindTries
+		if !anyway && c.b.cfg.historyReplicas > 1 {
+			// The replica that answered may not have applied what its
+			// leader has acknowledged: the leader tells where each room ends.
+			for _, r := range rooms {
+				if r.leaderLast, err = c.b.leaderLast(ctx, c.b.subjects.Hist(r.name)); err != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		done, behind := c.finishReplay(rooms, anyway)
 		if done {
 			return
 		}
@@ -232,6 +249,13 @@ func (c *Conn) finishReplay(rooms map[string]*resumeRoom, anyway bool) (done, be
 			continue
 		}
 		first := true
+		if !anyway && r.leaderLast > r.last && !slices.ContainsFunc(r.buf.frames, func(f *wire.Frame) bool {
+			seq, _ := strconv.ParseUint(f.ID, 10, 64)
+			return seq > r.last
+		}) {
+			c.mu.Unlock()
+			return false, true // stored, but not yet on the replica that answered
+		}
 		for _, f := range r.buf.frames {
 			if seq, _ := strconv.ParseUint(f.ID, 10, 64); seq > r.last {
 				if first && f.Prev > r.last && !anyway {
@@ -375,4 +399,47 @@ func (b *Broker) gapAfter(ctx context.Context, room string, after uint64) (gap b
 func (b *Broker) youngerThan(ctx context.Context, seq uint64, age time.Duration) bool {
 	m, err := b.hist.stream.GetMsg(ctx, seq)
 	return err == nil && time.Since(m.Time) < age
+}
+
+// leaderLast returns the position of subj's last stored message as the
+// history stream's leader has it (0 for none). Unlike a direct get, which
+// any replica may answer, this is never behind what was acknowledged.
+func (b *Broker) leaderLast(ctx context.Context, subj string) (uint64, error) {
+	req, _ := json.Marshal(map[string]string{"last_by_subj": subj})
+	var m *nats.Msg
+	var err error
+	// While the stream elects a new leader requests go unanswered: short
+	// tries, for up to 15 s.
+	for try := 0; try < 15; try++ {
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		m, err = b.nc.RequestWithContext(rctx, b.hist.api+"STREAM.MSG.GET."+b.hist.name, req)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+	}
+	if err != nil {
+		return 0, fmt.Errorf("pubsub: reading history: %w", err)
+	}
+	var resp struct {
+		Message *struct {
+			Seq uint64 `json:"seq"`
+		} `json:"message"`
+		Error *struct {
+			Code        int    `json:"code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return 0, fmt.Errorf("pubsub: reading history: %w", err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.Code == 404:
+		return 0, nil
+	case resp.Error != nil:
+		return 0, fmt.Errorf("pubsub: reading history: %s", resp.Error.Description)
+	case resp.Message == nil:
+		return 0, nil
+	}
+	return resp.Message.Seq, nil
 }
