@@ -1,6 +1,7 @@
 package pubsub
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -109,7 +110,7 @@ func (m *movingClient) read(ctx context.Context, c *websocket.Conn, first bool, 
 		if err != nil {
 			return
 		}
-		for _, line := range splitLines(p) {
+		for _, line := range bytes.Split(p, []byte("\n")) {
 			var f frame
 			if err := json.Unmarshal(line, &f); err != nil {
 				m.fail(fmt.Errorf("bad frame %q", line))
@@ -143,18 +144,6 @@ func (m *movingClient) fail(err error) {
 	if m.err == nil {
 		m.err = err
 	}
-}
-
-func splitLines(p []byte) [][]byte {
-	var out [][]byte
-	start := 0
-	for i, c := range p {
-		if c == '\n' {
-			out = append(out, p[start:i])
-			start = i + 1
-		}
-	}
-	return append(out, p[start:])
 }
 
 // kill makes instance b die as a crashed process would: its NATS node

@@ -695,6 +695,12 @@ func (p *presence) acquire(ctx context.Context, room string) (*roomView, error) 
 func (p *presence) release(r *roomView) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	r.unref()
+}
+
+// unref drops a reference, starting the view's linger when it was the
+// last. Called with presence.mu.
+func (r *roomView) unref() {
 	if r.refs--; r.refs == 0 {
 		r.idleSince = time.Now()
 	}
@@ -715,10 +721,7 @@ func (p *presence) watch(c *Conn, room string) error {
 	_, watching := c.watching[room]
 	if c.closing || !subscribed || watching {
 		c.mu.Unlock()
-		r.refs--
-		if r.refs == 0 {
-			r.idleSince = time.Now()
-		}
+		r.unref()
 		return nil
 	}
 	if c.watching == nil {
@@ -773,9 +776,7 @@ func (p *presence) unwatch(c *Conn, views []*roomView) {
 	for _, r := range views {
 		if _, ok := r.watchers[c]; ok {
 			delete(r.watchers, c)
-			if r.refs--; r.refs == 0 {
-				r.idleSince = time.Now()
-			}
+			r.unref()
 		}
 	}
 }

@@ -249,13 +249,6 @@ func (c *Conn) finishReplay(rooms map[string]*resumeRoom, anyway bool) (done, be
 			continue
 		}
 		first := true
-		if !anyway && r.leaderLast > r.last && !slices.ContainsFunc(r.buf.frames, func(f *wire.Frame) bool {
-			seq, _ := strconv.ParseUint(f.ID, 10, 64)
-			return seq > r.last
-		}) {
-			c.mu.Unlock()
-			return false, true // stored, but not yet on the replica that answered
-		}
 		for _, f := range r.buf.frames {
 			if seq, _ := strconv.ParseUint(f.ID, 10, 64); seq > r.last {
 				if first && f.Prev > r.last && !anyway {
@@ -265,6 +258,10 @@ func (c *Conn) finishReplay(rooms map[string]*resumeRoom, anyway bool) (done, be
 				first = false
 				frames = append(frames, f)
 			}
+		}
+		if first && r.leaderLast > r.last && !anyway {
+			c.mu.Unlock()
+			return false, true // stored, but not yet on the replica that answered
 		}
 	}
 	for _, r := range rooms {
