@@ -201,7 +201,13 @@ func TestShutdownDrainsAndTellsClientsToReconnect(t *testing.T) {
 	}
 	// Wait until the broker has queued them, then shut down: all 100 must
 	// still be delivered, then the close.
-	eventually(t, "messages to be dispatched", func() bool { return len(b.inbox) == 0 })
+	b.mu.RLock()
+	top := b.topics[b.subjects.Room("r")]
+	b.mu.RUnlock()
+	eventually(t, "messages to be dispatched", func() bool {
+		n, _ := top.sub.Delivered()
+		return n >= 100 && len(b.inbox) == 0 // received from NATS, and fanned out
+	})
 	time.Sleep(10 * time.Millisecond)
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -255,7 +261,13 @@ func TestShutdownTimeoutForcesConnectionsClosed(t *testing.T) {
 	for range 300 {
 		_ = b.Publish(ctx, "r", big)
 	}
-	eventually(t, "messages to be dispatched", func() bool { return len(b.inbox) == 0 })
+	b.mu.RLock()
+	top := b.topics[b.subjects.Room("r")]
+	b.mu.RUnlock()
+	eventually(t, "messages to be dispatched", func() bool {
+		n, _ := top.sub.Delivered()
+		return n >= 100 && len(b.inbox) == 0 // received from NATS, and fanned out
+	})
 	sctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
