@@ -83,7 +83,7 @@ func (b *Broker) newConn(ctx context.Context, user string) *Conn {
 // Broker.SendToConn.
 func (c *Conn) ID() string { return c.id }
 
-// User returns the user the host's middleware named (see WithUser), or "".
+// User returns the user the host's middleware named (see ContextWithUser), or "".
 func (c *Conn) User() string { return c.user }
 
 // Context returns the upgrade request's context, values included, which

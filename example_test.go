@@ -22,7 +22,7 @@ func requireLogin(next http.Handler) http.Handler {
 			http.Error(w, "login required", http.StatusUnauthorized)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(pubsub.WithUser(r.Context(), user)))
+		next.ServeHTTP(w, r.WithContext(pubsub.ContextWithUser(r.Context(), user)))
 	})
 }
 
@@ -161,7 +161,7 @@ func ExampleIdentify() {
 		return ""
 	})
 	h := hostAuth(identify(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Println("user:", pubsub.UserFrom(r.Context()))
+		fmt.Println("user:", pubsub.UserFromContext(r.Context()))
 	})))
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/live", nil))
 	// Output: user: carol

@@ -17,6 +17,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/roomcast/pubsub/internal/stack"
 	"github.com/roomcast/pubsub/internal/subject"
 	"github.com/roomcast/pubsub/internal/wire"
 )
@@ -24,7 +25,7 @@ import (
 // Handler returns the http.Handler that serves clients: a WebSocket upgrade
 // request becomes a WebSocket connection, a GET that accepts
 // text/event-stream becomes an SSE stream, on the same path. Mount it behind
-// the host's own middleware; the user stored with WithUser is the
+// the host's own middleware; the user stored with ContextWithUser is the
 // connection's identity. Query parameters "room" (repeatable) subscribe at
 // connect time, "presence" (repeatable) asks for those rooms' presence
 // events. See PROTOCOL.md for the frames.
@@ -48,17 +49,17 @@ func (b *Broker) Handler() http.Handler {
 			b.probe(w, r)
 			return
 		}
-		c, err := b.accept(w, r, true)
+		c, err := b.accept(w, r, !b.cfg.holdRequests)
 		if err != nil {
 			return
 		}
 		switch {
-		case c.ws != nil:
+		case c.ws != nil && !b.cfg.holdRequests:
 			// A hijacked connection outlives its handler. Reading in a new
 			// goroutine lets net/http free the request, the response and
 			// this goroutine's deep stack: a third of an idle connection.
 			go c.serve(nil)
-		case c.sse.conn == nil: // HTTP/2: the handler must stay to stream
+		case c.ws != nil, c.sse.conn == nil: // held, or HTTP/2: the handler stays
 			_ = c.Wait()
 		}
 		// A hijacked SSE stream needs no goroutine at all while idle.
@@ -69,7 +70,11 @@ func (b *Broker) Handler() http.Handler {
 // rooms would get (see refuseRooms).
 func (b *Broker) probe(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
-	c := b.newConn(context.WithoutCancel(r.Context()), UserFrom(r.Context()))
+	if chain := stack.Inspect(w); !sseWorks(chain, r, !b.cfg.holdRequests) {
+		_ = b.refuseStack(w, r, "SSE", chain) // the transport of last resort: a client must not retry
+		return
+	}
+	c := b.newConn(context.WithoutCancel(r.Context()), UserFromContext(r.Context()))
 	defer c.cancel()
 	if c.refuseRooms(w, r.URL.Query()["room"]) == nil {
 		w.WriteHeader(http.StatusNoContent)
@@ -90,8 +95,13 @@ func (b *Broker) probe(w http.ResponseWriter, r *http.Request) {
 // invalid room is a 400 and a denied one a 403 before the stream starts; for
 // WebSocket each is answered with an error frame after the upgrade. On error
 // Accept has written the response and returns nil; ErrUnsupportedTransport,
-// ErrClosed (503) and origin or upgrade failures are the possible causes.
-// The caller must then range over Messages or call Wait.
+// ErrClosed (503), ErrMisconfigured (500: the host's middleware hides the
+// connection; logged at Error with the fix) and origin or upgrade failures
+// are the possible causes. The caller must then range over Messages or call
+// Wait.
+//
+// A deadline on the request's context (a middleware's request timeout,
+// such as chi's) does not end the connection; Conn.Close does.
 func (b *Broker) Accept(w http.ResponseWriter, r *http.Request) (*Conn, error) {
 	return b.accept(w, r, false)
 }
@@ -111,7 +121,7 @@ func (b *Broker) accept(w http.ResponseWriter, r *http.Request, detached bool) (
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		return nil, ErrClosed
 	}
-	user := UserFrom(r.Context())
+	user := UserFromContext(r.Context())
 	if user != "" {
 		if err := subject.ValidUser(user); err != nil {
 			http.Error(w, "invalid user id: "+err.Error(), http.StatusBadRequest)
@@ -131,12 +141,20 @@ func (b *Broker) accept(w http.ResponseWriter, r *http.Request, detached bool) (
 }
 
 func (b *Broker) acceptWebSocket(w http.ResponseWriter, r *http.Request, ctx context.Context, user string, rooms []string) (*Conn, error) {
-	hj := &smallBuffers{ResponseWriter: w}
+	chain := stack.Inspect(w)
+	if !chain.CanHijack {
+		return nil, b.refuseStack(w, r, "WebSocket", chain)
+	}
+	hj := &smallBuffers{ResponseWriter: w, timeout: b.cfg.writeTimeout}
 	ws, err := websocket.Accept(hj, r, &websocket.AcceptOptions{
 		OriginPatterns:  b.cfg.originPatterns,
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {
+		if hj.hijackErr != nil { // Accept answered 500, with our Roomcast-Error
+			cause, fix := chain.HijackFailed(hj.hijackErr)
+			return nil, b.logMisconfigured(r, "WebSocket", chain, cause, fix)
+		}
 		return nil, err // Accept wrote the response (403 for a foreign origin)
 	}
 	ws.SetReadLimit(int64(b.cfg.maxMessage))
@@ -164,24 +182,53 @@ var (
 	wsWriteBuffer = 2048
 )
 
-// smallBuffers makes websocket.Accept hijack with smaller buffers, and
-// keeps the net.Conn: write deadlines set on it cost no allocation, where a
-// context per write costs several.
+// smallBuffers is the ResponseWriter websocket.Accept sees. It makes the
+// upgrade independent of how the host's middleware treats a status: it
+// holds the 101 back from the writers in front of the connection, takes
+// the connection over through them (Hijack, found through Unwrap), and
+// writes the response head itself. Wrappers that delay WriteHeader (gin's,
+// compressing ones) would otherwise never send the 101, and a compressing
+// one could announce an encoding the upgraded connection does not have.
+//
+// It also swaps net/http's 4 KiB buffers for smaller ones, and keeps the
+// net.Conn: write deadlines set on it cost no allocation, where a context
+// per write costs several.
 type smallBuffers struct {
 	http.ResponseWriter
-	conn net.Conn
-	fw   *frameWriter
+	timeout   time.Duration
+	upgrade   bool  // WriteHeader(101) was called and held back
+	hijackErr error // the host's writers refused the connection
+	conn      net.Conn
+	fw        *frameWriter
 }
 
 func (w *smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+func (w *smallBuffers) WriteHeader(code int) {
+	if code == http.StatusSwitchingProtocols {
+		w.upgrade = true
+		return
+	}
+	w.ResponseWriter.WriteHeader(code) // a refusal: the host's writers see it as usual
+}
+
 func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if !w.upgrade {
+		return nil, nil, errors.New("pubsub: hijack before the upgrade's status")
+	}
+	conn, brw, err := hijack(w.ResponseWriter)
 	if err != nil {
+		w.hijackErr = err
+		w.Header().Set("Roomcast-Error", "misconfigured") // on the 500 websocket.Accept answers
 		return nil, nil, err
 	}
 	w.conn = conn
-	if err := brw.Writer.Flush(); err != nil {
+	// net/http was never given a status, so it wrote nothing: the head is
+	// ours to write. brw.Writer is left unused.
+	_ = conn.SetWriteDeadline(time.Now().Add(w.timeout))
+	_, err = conn.Write(stack.Head("HTTP/1.1", http.StatusSwitchingProtocols, w.Header()))
+	_ = conn.SetWriteDeadline(time.Time{})
+	if err != nil {
 		conn.Close()
 		return nil, nil, err
 	}
@@ -194,6 +241,18 @@ func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	w.fw = &frameWriter{conn: conn}
 	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(w.fw, wsWriteBuffer)), nil
+}
+
+// hijack takes the connection over through the host's writers. A wrapper
+// may offer Hijack and then fail, or panic (gin's does when the writer
+// behind it cannot): both are an error here.
+func hijack(w http.ResponseWriter) (conn net.Conn, brw *bufio.ReadWriter, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			conn, brw, err = nil, nil, fmt.Errorf("the host's Hijack panicked: %v", p)
+		}
+	}()
+	return http.NewResponseController(w).Hijack()
 }
 
 // frameWriter sits under the WebSocket library's write buffer. A frame

@@ -33,7 +33,7 @@ func testAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := r.Context()
 		if u := r.Header.Get("X-User"); u != "" {
-			ctx = WithUser(ctx, u)
+			ctx = ContextWithUser(ctx, u)
 		}
 		if role := r.Header.Get("X-Role"); role != "" {
 			ctx = context.WithValue(ctx, roleKey{}, role)

@@ -324,7 +324,7 @@ func (b *Broker) readStoredRaw(ctx context.Context, filter string, after uint64,
 		if err := b.nc.PublishRequest(apiSubj, inbox, req); err != nil {
 			return read, err
 		}
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second) // per request: a paced replay may take long
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second) // per request: a paced replay, or a reconnect storm queueing requests, may take long
 		more, err := func() (bool, error) {
 			for {
 				m, err := sub.NextMsgWithContext(rctx)

@@ -7,26 +7,42 @@ import (
 
 type userKey struct{}
 
-// WithUser returns a copy of ctx in which the connection's user is user.
-// Call it in the host's own authentication middleware, before the request
-// reaches Handler or Accept:
+// ContextWithUser returns a copy of ctx in which the connection's user is
+// user. Call it in the host's own authentication middleware, before the
+// request reaches Handler or Accept:
 //
-//	next.ServeHTTP(w, r.WithContext(pubsub.WithUser(r.Context(), session.UserID)))
+//	next.ServeHTTP(w, r.WithContext(pubsub.ContextWithUser(r.Context(), session.UserID)))
 //
 // A connection keeps the whole request context (minus its cancellation) for
 // its lifetime, so any other value the middleware stored is visible to
 // authorization hooks too.
-func WithUser(ctx context.Context, user string) context.Context {
+func ContextWithUser(ctx context.Context, user string) context.Context {
 	return context.WithValue(ctx, userKey{}, user)
 }
 
-// UserFrom returns the user stored by WithUser, or "" for an anonymous
-// request. Authorization hooks receive the user directly; UserFrom is for the
-// host's own code.
-func UserFrom(ctx context.Context) string {
+// UserFromContext returns the user stored by ContextWithUser, or "" for an
+// anonymous request. Authorization hooks receive the user directly;
+// UserFromContext is for the host's own code.
+func UserFromContext(ctx context.Context) string {
 	u, _ := ctx.Value(userKey{}).(string)
 	return u
 }
+
+// WithUser is ContextWithUser.
+//
+// Deprecated: use ContextWithUser; WithUser read like an Option. It will be
+// removed in the release after next.
+//
+//go:fix inline
+func WithUser(ctx context.Context, user string) context.Context { return ContextWithUser(ctx, user) }
+
+// UserFrom is UserFromContext.
+//
+// Deprecated: use UserFromContext. It will be removed in the release after
+// next.
+//
+//go:fix inline
+func UserFrom(ctx context.Context) string { return UserFromContext(ctx) }
 
 // Identify returns middleware that names the user of each request with
 // identify, for hosts whose authentication already keeps the user under a
@@ -41,7 +57,7 @@ func Identify(identify func(r *http.Request) string) func(http.Handler) http.Han
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if u := identify(r); u != "" {
-				r = r.WithContext(WithUser(r.Context(), u))
+				r = r.WithContext(ContextWithUser(r.Context(), u))
 			}
 			next.ServeHTTP(w, r)
 		})

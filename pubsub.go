@@ -3,7 +3,7 @@
 // New starts a broker on an embedded, in-process NATS server (or on a NATS
 // server or cluster the host names). Handler is a plain http.Handler that
 // upgrades to WebSocket or serves Server-Sent Events on one path, behind the
-// host's own middleware: the user that middleware stored with WithUser is the
+// host's own middleware: the user that middleware stored with ContextWithUser is the
 // connection's identity. Go code then publishes to a room, to every
 // connection of a user on any instance, or to one connection:
 //
@@ -33,6 +33,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/roomcast/pubsub/embedded"
+	"github.com/roomcast/pubsub/internal/lograte"
 	"github.com/roomcast/pubsub/internal/subject"
 	"github.com/roomcast/pubsub/internal/wire"
 )
@@ -66,7 +67,7 @@ var (
 
 // AuthorizeFunc decides whether a connection may act on a room. It receives
 // the connection's context (the upgrade request's context and all values the
-// host's middleware stored in it) and the user from WithUser ("" if
+// host's middleware stored in it) and the user from ContextWithUser ("" if
 // anonymous). Returning nil allows; any error denies. The error is logged;
 // the client gets the code "forbidden" (the error's text is not sent, so
 // internal details cannot leak).
@@ -98,6 +99,7 @@ type config struct {
 	presenceTimeout time.Duration
 	historyReplicas int
 	jsDomain        string
+	holdRequests    bool
 }
 
 // Defaults, documented on the options that change them.
@@ -179,6 +181,23 @@ func WithKeepAlive(interval, timeout time.Duration) Option {
 	return func(c *config) { c.keepAlive, c.pongTimeout = interval, timeout }
 }
 
+// WithHoldRequests makes Handler return only when each connection ends, so
+// that the host's access log and request metrics see a live connection as
+// what it is: an SSE stream is then written through the host's
+// ResponseWriter (its real status, bytes and duration are logged), and a
+// WebSocket's request lasts as long as the connection (its duration is
+// logged; its 101 is written by the broker beneath the host's writers, so
+// they never see a status, and a hijacked connection's bytes are never
+// counted).
+//
+// By default the broker takes HTTP/1.x connections over and its handler
+// returns at once: the access log records the handshake only (a duration
+// of microseconds, 0 bytes, and the logger's default status). That saves
+// memory: measured at 5,000 idle connections, an SSE stream costs about
+// 11.5 KiB taken over and 29 KiB held, a WebSocket 13.5 KiB and 25 KiB
+// (README, "Works with").
+func WithHoldRequests() Option { return func(c *config) { c.holdRequests = true } }
+
 // WithMaxRooms bounds the rooms one connection may be in. Default 256.
 func WithMaxRooms(n int) Option { return func(c *config) { c.maxRooms = n } }
 
@@ -211,6 +230,8 @@ type Broker struct {
 	connsWG  sync.WaitGroup // one per accepted connection
 	shutdown chan struct{}  // closed when Shutdown has finished
 	once     sync.Once
+
+	logLimit *lograte.Limiter // repeated causes (a misconfigured path) log once a minute
 }
 
 // inboxSize bounds the messages received from NATS and not yet fanned out.
@@ -269,6 +290,7 @@ func New(opts ...Option) (*Broker, error) {
 		stopDispatch: make(chan struct{}),
 		dispatchDone: make(chan struct{}),
 		shutdown:     make(chan struct{}),
+		logLimit:     lograte.New(misconfiguredEvery),
 	}
 	b.pres = newPresence(b)
 	natsOpts := []nats.Option{

@@ -209,7 +209,7 @@ func TestIdentityFromHostMiddlewareReachesHooks(t *testing.T) {
 			mu.Lock()
 			calls = append(calls, call{action, user, role, room})
 			mu.Unlock()
-			if UserFrom(ctx) != user {
+			if UserFromContext(ctx) != user {
 				return errors.New("context and user disagree")
 			}
 			if strings.HasPrefix(room, "admin") && role != "admin" {

@@ -1,7 +1,6 @@
 package pubsub
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -13,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/roomcast/pubsub/internal/stack"
 	"github.com/roomcast/pubsub/internal/subject"
 	"github.com/roomcast/pubsub/internal/wire"
 )
@@ -34,7 +34,8 @@ const sseRetryMillis = 2000
 type sseStream struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
-	reqDone <-chan struct{}
+	reqCtx  context.Context // the request's own, cancelled when a driven stream's client leaves
+	chain   stack.Chain
 	wake    chan struct{}
 	aborted atomic.Bool
 
@@ -63,6 +64,10 @@ func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.C
 		http.Error(w, "origin not allowed", http.StatusForbidden)
 		return nil, fmt.Errorf("%w: origin %q", ErrForbidden, truncate(r.Header.Get("Origin")))
 	}
+	chain := stack.Inspect(w)
+	if !sseWorks(chain, r, detached) {
+		return nil, b.refuseStack(w, r, "SSE", chain)
+	}
 	c := b.newConn(ctx, user)
 	if err := c.refuseRooms(w, rooms); err != nil {
 		return nil, err
@@ -78,23 +83,44 @@ func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.C
 			return nil, err
 		}
 	}
-	s := &sseStream{w: w, rc: http.NewResponseController(w), reqDone: r.Context().Done(), wake: make(chan struct{}, 1)}
+	s := &sseStream{w: w, rc: http.NewResponseController(w), reqCtx: r.Context(), chain: chain, wake: make(chan struct{}, 1)}
 	h := w.Header()
+	// A middleware that announced an encoding before this handler ran (gin's
+	// gzip) has committed to compressing: taken over beneath it, the stream
+	// would get its trailer written into a hijacked response. Stream
+	// through it instead, compressed and flushed event by event.
+	hijack := detached && r.ProtoMajor == 1 && chain.CanHijack && h.Get("Content-Encoding") == ""
+	if !hijack && !chain.CanFlush {
+		return nil, b.refuseStack(w, r, "SSE", chain)
+	}
 	for k, v := range sseHeaders {
 		h[k] = v
 	}
-	if detached && r.ProtoMajor == 1 {
-		if err := s.hijack(r, b.cfg.writeTimeout); err != nil {
-			return nil, err
+	if hijack {
+		if taken, err := s.hijack(r, b.cfg.writeTimeout); err != nil {
+			if taken { // the client left while the head was written
+				return nil, err
+			}
+			cause, fix := chain.HijackFailed(err)
+			return nil, b.refuse(w, r, "SSE", chain, cause, fix)
 		}
-	} else {
+	}
+	if s.conn == nil { // driven: written through the host's writers
+		if !chain.Bare() && h.Get("Content-Encoding") == "" {
+			// A compressing middleware would hold events back until it has
+			// enough bytes to compress; an explicit encoding makes the
+			// common ones (gzhttp, NYTimes gziphandler, chi's Compress)
+			// pass the stream through untouched. One that already chose
+			// an encoding compresses and flushes each event instead.
+			h.Set("Content-Encoding", "identity")
+		}
 		w.WriteHeader(http.StatusOK)
 		_ = s.rc.SetWriteDeadline(time.Now().Add(b.cfg.writeTimeout))
 		if _, err := fmt.Fprintf(w, "retry: %d\n\n", sseRetryMillis); err != nil {
 			return nil, err
 		}
 		if err := s.rc.Flush(); err != nil {
-			return nil, fmt.Errorf("pubsub: SSE needs a flushable ResponseWriter: %w", err)
+			return nil, fmt.Errorf("pubsub: flushing an SSE stream through %s: %w", chain, err)
 		}
 	}
 	c.sse = s
@@ -138,6 +164,8 @@ func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.C
 func (s *sseStream) writeLoop(c *Conn) {
 	idle := time.NewTimer(c.b.cfg.keepAlive)
 	defer idle.Stop()
+	reqDone := s.reqCtx.Done()
+	var gone <-chan bool // the client left, once reqDone no longer tells
 	for {
 		batch, closing := c.takeQueue()
 		if batch != nil {
@@ -157,7 +185,21 @@ func (s *sseStream) writeLoop(c *Conn) {
 		}
 		select {
 		case <-s.wake:
-		case <-s.reqDone:
+		case <-reqDone:
+			if s.reqCtx.Err() == context.DeadlineExceeded {
+				// A middleware's request deadline (chi's Timeout), not
+				// the client: the stream lives on, and the connection
+				// itself says when the client leaves (writes fail too).
+				reqDone, gone = nil, s.chain.CloseNotify()
+				c.b.noteRequestDeadline(c, gone != nil)
+				if gone == nil { // nothing would tell a departure: end it, the client resumes
+					c.closeWith(CloseServiceRestart, "request deadline", errRequestDeadline, true)
+				}
+				continue
+			}
+			c.closeWith(CloseNormal, "", nil, false)
+			return
+		case <-gone:
 			c.closeWith(CloseNormal, "", nil, false)
 			return
 		case <-idle.C:
@@ -224,30 +266,27 @@ func (s *sseStream) abort() {
 // hijack takes the connection over and writes the response head, with the
 // headers the host's middleware set (cookies, CORS) and "Connection: close",
 // which delimits the body without chunked encoding.
-func (s *sseStream) hijack(r *http.Request, timeout time.Duration) error {
+// It reports whether the connection was taken (then an error is the
+// client's: it left during the head).
+func (s *sseStream) hijack(r *http.Request, timeout time.Duration) (taken bool, err error) {
 	h := s.w.Header().Clone()
-	conn, _, err := s.rc.Hijack()
-	if errors.Is(err, http.ErrNotSupported) {
-		return nil // stay driven
-	}
+	conn, _, err := hijack(s.w)
 	if err != nil {
-		return err
+		return false, err
 	}
-	h.Del("Content-Length")
-	h.Del("Transfer-Encoding")
 	h.Set("Connection", "close")
-	var head bytes.Buffer
-	fmt.Fprintf(&head, "HTTP/%d.%d 200 OK\r\n", r.ProtoMajor, r.ProtoMinor)
-	_ = h.Write(&head)
-	fmt.Fprintf(&head, "\r\nretry: %d\n\n", sseRetryMillis)
+	head := stack.Head(fmt.Sprintf("HTTP/%d.%d", r.ProtoMajor, r.ProtoMinor), http.StatusOK, h)
+	head = fmt.Appendf(head, "retry: %d\n\n", sseRetryMillis)
 	_ = conn.SetWriteDeadline(time.Now().Add(timeout))
-	if _, err := conn.Write(head.Bytes()); err != nil {
+	if _, err := conn.Write(head); err != nil {
 		conn.Close()
-		return err
+		return true, err
 	}
 	_ = conn.SetWriteDeadline(time.Time{})
-	s.conn = conn
-	return nil
+	// Nothing of the request or the host's writers is used any more: an
+	// idle stream keeps only its connection.
+	s.conn, s.w, s.rc, s.reqCtx, s.chain = conn, nil, nil, nil, stack.Chain{}
+	return true, nil
 }
 
 // writeConn writes a batch to a hijacked stream: one write call.

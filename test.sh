@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs what the tests
-# need (Debian's chromium, for the browser tests), then runs them all with
-# the race detector. CI runs exactly this.
+# need (Debian's chromium for the browser tests, nginx for the host-stack
+# matrix), then runs them all with the race detector. CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "test.sh: installing chromium (browser tests)"
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]}"
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 go vet ./...
-(cd bench && go vet ./...) # the benchmark harness, a module of its own, must keep building
+(cd bench && go vet ./...)  # the benchmark harness, a module of its own, must keep building
+(cd compat && go vet ./...) # the host-stack matrix, a module of its own (its routers are its dependencies only)
 go test -race -count=1 ./...
+(cd compat && go test -race -count=1 ./...)

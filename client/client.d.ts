@@ -17,7 +17,7 @@ export interface Frame<T = unknown> {
 
 /** An error reported by the server or the client. */
 export interface ClientError extends Error {
-  /** "bad_request", "invalid_room", "forbidden", "too_many_rooms", "unsupported", "internal", "closed", "too_large". */
+  /** "bad_request", "invalid_room", "forbidden", "too_many_rooms", "unsupported", "no_history", "invalid_id", "internal", "closed", "too_large", "misconfigured" (the server's middleware prevents live connections: see its log; the client does not retry). */
   code: string;
   room?: string;
 }

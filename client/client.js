@@ -8,12 +8,12 @@
 //   await live.publish("lobby", { text: "hi" }); // if the server allows it
 //
 // WebSocket first; EventSource (receive-only) when WebSocket cannot connect,
-// or always with { transport: "sse" }. Reconnects with exponential backoff and
-// full jitter, resubscribes, and sends the last message id of each room so a
-// server with history can resume; given several URLs, reconnects to the next
-// one. See PROTOCOL.md.
+// or with { transport: "sse" }. Reconnects with backoff and full jitter,
+// resubscribes with each room's last id (a server with history resumes);
+// given several URLs, moves to the next. See PROTOCOL.md.
 
 const NO_RETRY = new Set([1008, 4003]); // policy, forbidden: retrying cannot help
+const M = "misconfigured"; // the server's middleware prevents live connections (its log says why)
 
 export function connect(url, opts = {}) {
   const o = { transport: "auto", minDelay: 500, maxDelay: 20000, ...opts };
@@ -237,7 +237,8 @@ export function connect(url, opts = {}) {
       rejectPending();
       if (closed) return;
       if (opened) return dropped(ev.code, ev.reason);
-      probe(base).then(({ status }) => {
+      probe(base).then(({ status, error }) => {
+        if (error === M) return dropped(4003, M);
         if (status === 401 || status === 403) return dropped(4003, `HTTP ${status}`);
         // The server answers, yet WebSocket never worked here: something on
         // the way blocks it. Use SSE (each reconnect tries WebSocket again).
@@ -264,6 +265,7 @@ export function connect(url, opts = {}) {
       src.close();
       es = null;
       probe(sseURL()).then(({ status, error, room }) => {
+        if (error === M) return dropped(4003, M);
         if (error === "invalid_id") {
           lastEventId = "";
           for (const room of rooms.keys()) emit("truncated", room);
@@ -305,7 +307,7 @@ export function connect(url, opts = {}) {
     if (closed) return;
     if (NO_RETRY.has(code)) {
       closed = true;
-      fail({ code: "forbidden", message: `connection refused (${code} ${reason || ""}), not retrying` });
+      fail({ code: reason === M ? M : "forbidden", message: `connection refused (${code} ${reason || ""}), not retrying` });
       return;
     }
     base = urls[(urlIndex = (urlIndex + 1) % urls.length)]; // another instance, if there are

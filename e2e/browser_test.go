@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/roomcast/pubsub/internal/testkit"
+
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/cdproto/target"
@@ -228,14 +230,9 @@ func startExample(t *testing.T, name string, args ...string) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt) // graceful: the example shuts its broker down
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
+	// Graceful: the example shuts its broker down on SIGINT.
+	testkit.StopAtCleanup(t, cmd, 10*time.Second, func(graceful bool) {
+		if !graceful {
 			t.Errorf("%s did not stop on SIGINT", name)
 		}
 	})

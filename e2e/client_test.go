@@ -52,7 +52,7 @@ func libServer(t *testing.T, ps *pubsub.Broker, wrap func(http.Handler) http.Han
 	}
 	auth := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if c, err := r.Cookie("user"); err == nil && c.Value != "" {
-			r = r.WithContext(pubsub.WithUser(r.Context(), c.Value))
+			r = r.WithContext(pubsub.ContextWithUser(r.Context(), c.Value))
 		}
 		live.ServeHTTP(w, r)
 	})

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/roomcast/pubsub/internal/testkit"
+
 	"github.com/chromedp/chromedp"
 )
 
@@ -137,16 +139,7 @@ func startCluster(t *testing.T) ([]string, []*exec.Cmd) {
 			t.Fatal(err)
 		}
 		cmds = append(cmds, cmd)
-		t.Cleanup(func() {
-			_ = cmd.Process.Signal(os.Interrupt)
-			done := make(chan struct{})
-			go func() { _ = cmd.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				_ = cmd.Process.Kill()
-			}
-		})
+		testkit.StopAtCleanup(t, cmd, 10*time.Second, nil)
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for _, u := range urls {

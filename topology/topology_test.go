@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/roomcast/pubsub/internal/testkit"
+
 	"github.com/coder/websocket"
 	"go.uber.org/goleak"
 
@@ -53,21 +55,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // hub runs nats-server on loopback with a leaf node listener and
 // JetStream, until the test ends. It returns the client and leaf URLs.
 func hub(t *testing.T) (clientURL, leafURL string) {
 	t.Helper()
 	dir := t.TempDir()
-	port, leaf := freePort(t), freePort(t)
+	ports := testkit.FreePorts(t, 2)
+	port, leaf := ports[0], ports[1]
 	conf := fmt.Sprintf("listen: 127.0.0.1:%d\nleafnodes { listen: 127.0.0.1:%d }\njetstream { store_dir: %q, domain: hub }\n", port, leaf, filepath.Join(dir, "js"))
 	if err := os.WriteFile(filepath.Join(dir, "hub.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)

@@ -23,8 +23,8 @@ type clusterFlags struct {
 	port, monitor int
 }
 
-func newRoomcast(cl clusterFlags) *roomcast {
-	opts := []pubsub.Option{pubsub.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}
+func newRoomcast(cl clusterFlags, extra ...pubsub.Option) *roomcast {
+	opts := append([]pubsub.Option{pubsub.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}, extra...)
 	if cl.port != 0 {
 		eo := embedded.Options{Name: cl.name, Host: "127.0.0.1", Port: -1,
 			Cluster: &embedded.Cluster{Name: "bench", Host: "127.0.0.1", Port: cl.port}}
@@ -43,7 +43,7 @@ func newRoomcast(cl clusterFlags) *roomcast {
 	return &roomcast{ps: ps}
 }
 
-func withUser(ctx context.Context, u string) context.Context { return pubsub.WithUser(ctx, u) }
+func withUser(ctx context.Context, u string) context.Context { return pubsub.ContextWithUser(ctx, u) }
 
 // gorilla is the classic hub of gorilla/websocket's chat example, with rooms
 // and users added: one hub goroutine owns the maps, each client has a

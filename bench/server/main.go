@@ -36,6 +36,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/roomcast/pubsub"
 )
 
 // impl is one implementation under test.
@@ -46,7 +48,7 @@ type impl interface {
 }
 
 func main() {
-	name := flag.String("impl", "roomcast", "roomcast, gorilla or melody")
+	name := flag.String("impl", "roomcast", "roomcast, roomcast-held (WithHoldRequests), gorilla or melody")
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	var cl clusterFlags
 	flag.StringVar(&cl.name, "name", "", "roomcast: NATS server name in the cluster")
@@ -59,6 +61,8 @@ func main() {
 	switch *name {
 	case "roomcast":
 		im = newRoomcast(cl)
+	case "roomcast-held":
+		im = newRoomcast(cl, pubsub.WithHoldRequests())
 	case "gorilla":
 		im = newGorilla()
 	case "melody":

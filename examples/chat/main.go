@@ -53,7 +53,7 @@ func newApp(ps *pubsub.Broker, auth *demoauth.Sessions) http.Handler {
 		if !ok {
 			return
 		}
-		msg, _ := json.Marshal(chatMessage{From: pubsub.UserFrom(r.Context()), Text: text, At: time.Now().UTC()})
+		msg, _ := json.Marshal(chatMessage{From: pubsub.UserFromContext(r.Context()), Text: text, At: time.Now().UTC()})
 		if err := ps.Publish(r.Context(), r.PathValue("room"), msg); err != nil {
 			writeError(w, err)
 			return
@@ -65,7 +65,7 @@ func newApp(ps *pubsub.Broker, auth *demoauth.Sessions) http.Handler {
 		if !ok {
 			return
 		}
-		from, to := pubsub.UserFrom(r.Context()), r.PathValue("user")
+		from, to := pubsub.UserFromContext(r.Context()), r.PathValue("user")
 		msg, _ := json.Marshal(chatMessage{From: from, To: to, Text: text, At: time.Now().UTC()})
 		// The recipient's tabs and the sender's other tabs.
 		if err := ps.SendToUser(r.Context(), to, msg); err != nil {

@@ -57,7 +57,7 @@ func newApp(ps *pubsub.Broker, auth *demoauth.Sessions) http.Handler {
 			http.Error(w, `body must be JSON {"title": "...", "body": "..."}`, http.StatusBadRequest)
 			return
 		}
-		n.From, n.At = pubsub.UserFrom(r.Context()), time.Now().UTC()
+		n.From, n.At = pubsub.UserFromContext(r.Context()), time.Now().UTC()
 		data, _ := json.Marshal(n)
 		if err := ps.SendToUser(r.Context(), r.PathValue("user"), data); err != nil {
 			status := http.StatusInternalServerError

@@ -1,7 +1,7 @@
 // Package demoauth is the examples' own cookie login: what a host app
 // already has. The cookie holds the user name and an HMAC of it, keyed per
 // process (a restart means logging in again). Its middleware names the user
-// with pubsub.WithUser, which is all the pubsub handler needs.
+// with pubsub.ContextWithUser, which is all the pubsub handler needs.
 package demoauth
 
 import (
@@ -85,7 +85,7 @@ func (s *Sessions) User(r *http.Request) (string, bool) {
 }
 
 // RequireLogin is ordinary app middleware: 401 without a session, and the
-// user stored with pubsub.WithUser otherwise. Put it in front of the app's
+// user stored with pubsub.ContextWithUser otherwise. Put it in front of the app's
 // REST API and of the pubsub handler alike.
 func (s *Sessions) RequireLogin(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -94,7 +94,7 @@ func (s *Sessions) RequireLogin(next http.Handler) http.Handler {
 			http.Error(w, "login required", http.StatusUnauthorized)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(pubsub.WithUser(r.Context(), name)))
+		next.ServeHTTP(w, r.WithContext(pubsub.ContextWithUser(r.Context(), name)))
 	})
 }
 
@@ -104,6 +104,6 @@ func (s *Sessions) Mount(mux *http.ServeMux) {
 	mux.HandleFunc("POST /logout", s.Logout)
 	mux.Handle("GET /api/me", s.RequireLogin(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(map[string]string{"name": pubsub.UserFrom(r.Context())})
+		_ = json.NewEncoder(w).Encode(map[string]string{"name": pubsub.UserFromContext(r.Context())})
 	})))
 }
