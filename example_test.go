@@ -28,26 +28,26 @@ func requireLogin(next http.Handler) http.Handler {
 
 // client is a WebSocket client, as a browser's `new WebSocket(url)` would
 // be. One WebSocket message may hold several frames, one per line.
-type client struct {
+type exampleClient struct {
 	c       *websocket.Conn
 	pending []string
 }
 
 // dial connects and skips the frames that precede messages.
-func dial(ctx context.Context, srv *httptest.Server, user, query string, skip int) *client {
+func dial(ctx context.Context, srv *httptest.Server, user, query string, skip int) *exampleClient {
 	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "/live" + query
 	c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: http.Header{"X-Demo-User": {user}}})
 	if err != nil {
 		log.Fatal(err)
 	}
-	cl := &client{c: c}
+	cl := &exampleClient{c: c}
 	for range skip {
 		cl.next(ctx)
 	}
 	return cl
 }
 
-func (cl *client) next(ctx context.Context) string {
+func (cl *exampleClient) next(ctx context.Context) string {
 	if len(cl.pending) == 0 {
 		_, p, err := cl.c.Read(ctx)
 		if err != nil {
@@ -60,10 +60,10 @@ func (cl *client) next(ctx context.Context) string {
 	return line
 }
 
-func (cl *client) CloseNow() { _ = cl.c.CloseNow() }
+func (cl *exampleClient) CloseNow() { _ = cl.c.CloseNow() }
 
 // show prints the stable fields of the next frame (ids are random).
-func show(ctx context.Context, cl *client) {
+func show(ctx context.Context, cl *exampleClient) {
 	var f struct {
 		Type, Room, To, From string
 		Data                 json.RawMessage

@@ -1,4 +1,4 @@
-package pubsub
+package pubsub_test
 
 import (
 	"bytes"
@@ -11,6 +11,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	. "github.com/roomcast/pubsub"
 
 	"github.com/coder/websocket"
 
@@ -129,7 +132,7 @@ func (m *movingClient) read(ctx context.Context, c *websocket.Conn, first bool, 
 				id, _ := strconv.ParseUint(f.ID, 10, 64)
 				m.mu.Lock()
 				m.ids = append(m.ids, id)
-				m.texts = append(m.texts, f.text())
+				m.texts = append(m.texts, f.Text())
 				m.mu.Unlock()
 			case "error":
 				m.fail(fmt.Errorf("error frame %+v", f))
@@ -150,16 +153,7 @@ func (m *movingClient) fail(err error) {
 // stops, its sockets are cut without a close frame, its port refuses.
 func kill(b *Broker, hs *httptest.Server) {
 	hs.Listener.Close()
-	b.srv.NATS().Shutdown()
-	b.mu.RLock()
-	conns := make([]*Conn, 0, len(b.conns))
-	for _, c := range b.conns {
-		conns = append(conns, c)
-	}
-	b.mu.RUnlock()
-	for _, c := range conns {
-		c.abortTransport()
-	}
+	Crash(b)
 }
 
 // Three instances with history replicated on their three embedded nodes.
@@ -171,7 +165,17 @@ func TestClusterNodeKillLosesNothing(t *testing.T) {
 	t.Logf("%v: start", time.Now().Format("15:04:05.000"))
 	bs := newJetStreamCluster(t, 3)
 	t.Logf("%v: cluster up", time.Now().Format("15:04:05.000"))
-	info, err := bs[0].hist.stream.Info(ctx)
+	nc, err := EmbeddedServer(bs[0]).Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	stream, err := js.Stream(ctx, "ROOMCAST_HISTORY")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +216,7 @@ func TestClusterNodeKillLosesNothing(t *testing.T) {
 		}
 	}
 	for _, b := range bs {
-		awaitInterest(t, b, b.subjects.Live("feed"), 3)
+		awaitInterest(t, b, Subjects(b).Live("feed"), 3)
 	}
 
 	const total = 600
@@ -283,75 +287,5 @@ func TestClusterNodeKillLosesNothing(t *testing.T) {
 	}
 	if moved < 3 {
 		t.Errorf("%d clients moved, want the victim's 3", moved)
-	}
-}
-
-// Live messages of a room with history that never reach an instance (its
-// interest was gone for a moment, as when a route reconnects) are seen as
-// a gap by the next one, which names its predecessor, and delivered from
-// the store first: in order, nothing lost, nothing twice.
-func TestLiveGapFilledFromStore(t *testing.T) {
-	b := historyBroker(t)
-	srv := serve(t, b, nil)
-	c := dialWS(t, srv, dialOpts{user: "u", rooms: []string{"chat:gap"}})
-	publish := func(text string) {
-		if _, err := b.PublishAck(ctx, "chat:gap", msg(text)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	publish("1")
-	publish("2")
-	if got := texts([]frame{c.next(t), c.next(t)}); fmt.Sprint(got) != "[message:chat:gap:1 message:chat:gap:2]" {
-		t.Fatalf("live: %v", got)
-	}
-	b.mu.RLock()
-	top := b.topics[b.subjects.Live("chat:gap")]
-	b.mu.RUnlock()
-	// The instance's interest disappears while 3 and 4 are published.
-	if err := top.sub.Unsubscribe(); err != nil {
-		t.Fatal(err)
-	}
-	_ = b.nc.Flush()
-	publish("3")
-	publish("4")
-	sub, err := b.nc.ChanSubscribe(top.subject, b.inbox)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.mu.Lock()
-	top.sub = sub
-	b.mu.Unlock()
-	_ = b.nc.Flush()
-	publish("5")
-	sendMarker(t, b, c, "end")
-	if got := fmt.Sprint(texts(collect(t, c, "end"))); got != "[message:chat:gap:3 message:chat:gap:4 message:chat:gap:5]" {
-		t.Fatalf("after the gap: %v", got)
-	}
-}
-
-// A store reset (the stream recreated, positions starting again at 1) does
-// not silence a room whose subscribers stayed: lower positions are new
-// messages, not repeats.
-func TestLiveAfterStoreReset(t *testing.T) {
-	b := historyBroker(t)
-	srv := serve(t, b, nil)
-	c := dialWS(t, srv, dialOpts{user: "u", rooms: []string{"chat:reset"}})
-	for _, m := range []string{"1", "2", "3"} {
-		if _, err := b.PublishAck(ctx, "chat:reset", msg(m)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := b.hist.js.DeleteStream(ctx, b.hist.name); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.openHistory(false); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.PublishAck(ctx, "chat:reset", msg("after")); err != nil {
-		t.Fatal(err)
-	}
-	sendMarker(t, b, c, "end")
-	if got := fmt.Sprint(texts(collect(t, c, "end"))); got != "[message:chat:reset:1 message:chat:reset:2 message:chat:reset:3 message:chat:reset:after]" {
-		t.Fatalf("received %v", got)
 	}
 }

@@ -1,28 +1,39 @@
-package pubsub
+package pubsub_test
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/coder/websocket"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
+
+	. "github.com/roomcast/pubsub"
+	"github.com/roomcast/pubsub/internal/testkit"
 )
+
+// The root package's tests are black-box: they use the public API, the
+// shared test clients of internal/testkit, and the few hooks of
+// export_test.go. What follows only adapts testkit to their habits.
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-const waitFor = 5 * time.Second
+const waitFor = testkit.Wait
+
+var ctx = context.Background()
+
+type (
+	frame  = testkit.Frame
+	client = testkit.Client
+)
 
 type roleKey struct{}
 
@@ -71,48 +82,6 @@ func serve(t *testing.T, b *Broker, h http.Handler) *httptest.Server {
 	return srv
 }
 
-// frame is any server frame, decoded loosely.
-type frame struct {
-	Type    string          `json:"type"`
-	ID      string          `json:"id"`
-	Room    string          `json:"room"`
-	To      string          `json:"to"`
-	From    string          `json:"from"`
-	Conn    string          `json:"conn"`
-	User    string          `json:"user"`
-	Code    json.RawMessage `json:"code"`
-	Message string          `json:"message"`
-	Reason  string          `json:"reason"`
-	Ref     json.RawMessage `json:"ref"`
-	Data    json.RawMessage `json:"data"`
-	Count   int             `json:"count"` // presence
-	Conns   int             `json:"conns"`
-	Next    string          `json:"next"`
-	Members []Member        `json:"members"`
-	SSEID   string          `json:"-"` // the SSE "id:" field
-}
-
-func (f frame) code() string { return strings.Trim(string(f.Code), `"`) }
-
-// text returns the "text" field of a message's data.
-func (f frame) text() string {
-	var d struct{ Text string }
-	_ = json.Unmarshal(f.Data, &d)
-	return d.Text
-}
-
-type client interface {
-	next(t *testing.T) frame
-	connID() string
-}
-
-// wsClient is a real WebSocket client over loopback.
-type wsClient struct {
-	c       *websocket.Conn
-	welcome frame
-	pending []frame
-}
-
 type dialOpts struct {
 	user, role, origin string
 	rooms              []string
@@ -155,6 +124,10 @@ func (o dialOpts) header() http.Header {
 	return h
 }
 
+// wsClient is a real WebSocket client over loopback.
+type wsClient struct{ *testkit.WS }
+
+// dialWSErr connects without reading anything.
 func dialWSErr(srv *httptest.Server, o dialOpts) (*wsClient, *http.Response, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
@@ -163,7 +136,7 @@ func dialWSErr(srv *httptest.Server, o dialOpts) (*wsClient, *http.Response, err
 		return nil, resp, err
 	}
 	c.SetReadLimit(1 << 24)
-	return &wsClient{c: c}, resp, nil
+	return &wsClient{&testkit.WS{Conn: c}}, resp, nil
 }
 
 // dialWS connects and reads the welcome frame and one "subscribed" (or
@@ -174,10 +147,10 @@ func dialWS(t *testing.T, srv *httptest.Server, o dialOpts) *wsClient {
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
-	t.Cleanup(func() { _ = c.c.CloseNow() })
-	c.welcome = c.next(t)
-	if c.welcome.Type != "welcome" || c.welcome.Conn == "" {
-		t.Fatalf("first frame = %+v, want welcome", c.welcome)
+	t.Cleanup(c.Cut)
+	c.Welcome = c.next(t)
+	if c.Welcome.Type != "welcome" || c.Welcome.Conn == "" {
+		t.Fatalf("first frame = %+v, want welcome", c.Welcome)
 	}
 	for range o.rooms {
 		if f := c.next(t); f.Type != "subscribed" && f.Type != "error" {
@@ -187,50 +160,11 @@ func dialWS(t *testing.T, srv *httptest.Server, o dialOpts) *wsClient {
 	return c
 }
 
-func (c *wsClient) connID() string { return c.welcome.Conn }
-
-func (c *wsClient) nextErr(d time.Duration) (frame, error) {
-	if len(c.pending) == 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), d)
-		defer cancel()
-		_, p, err := c.c.Read(ctx)
-		if err != nil {
-			return frame{}, err
-		}
-		for _, line := range strings.Split(string(p), "\n") {
-			var f frame
-			if err := json.Unmarshal([]byte(line), &f); err != nil {
-				return frame{}, fmt.Errorf("bad frame %q: %v", line, err)
-			}
-			c.pending = append(c.pending, f)
-		}
-	}
-	f := c.pending[0]
-	c.pending = c.pending[1:]
-	return f, nil
-}
-
-func (c *wsClient) next(t *testing.T) frame {
-	t.Helper()
-	f, err := c.nextErr(waitFor)
-	if err != nil {
-		t.Fatalf("read: %v", err)
-	}
-	return f
-}
+func (c *wsClient) next(t *testing.T) frame { t.Helper(); return testkit.Next(t, c) }
 
 func (c *wsClient) send(t *testing.T, v any) {
 	t.Helper()
-	var p []byte
-	switch v := v.(type) {
-	case string:
-		p = []byte(v)
-	default:
-		p, _ = json.Marshal(v)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	if err := c.c.Write(ctx, websocket.MessageText, p); err != nil {
+	if err := c.Send(v); err != nil {
 		t.Fatalf("write: %v", err)
 	}
 }
@@ -242,173 +176,89 @@ func (c *wsClient) request(t *testing.T, v any) frame {
 	return c.next(t)
 }
 
-// sseClient is a real SSE client over loopback: an HTTP GET whose body is
-// parsed as an event stream.
-type sseClient struct {
-	resp    *http.Response
-	cancel  context.CancelFunc
-	events  chan frame
-	done    chan struct{}
-	welcome frame
-	pending []frame // read by dialSSE, not yet by the test
-	mu      sync.Mutex
-	raw     strings.Builder // every line read, for keep-alive checks
-}
+// sseClient is a real SSE client over loopback.
+type sseClient struct{ *testkit.SSE }
 
 func dialSSEErr(srv *httptest.Server, o dialOpts) (*sseClient, *http.Response, error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, o.url(srv, "http"), nil)
-	req.Header = o.header()
-	req.Header.Set("Accept", "text/event-stream")
-	resp, err := srv.Client().Do(req)
+	c, resp, err := testkit.DialSSE(srv.Client(), o.url(srv, "http"), o.header())
 	if err != nil {
-		cancel()
-		return nil, nil, err
+		return nil, resp, err
 	}
-	if resp.StatusCode != http.StatusOK {
-		cancel()
-		resp.Body.Close()
-		return nil, resp, fmt.Errorf("status %d", resp.StatusCode)
-	}
-	c := &sseClient{resp: resp, cancel: cancel, events: make(chan frame, 100000), done: make(chan struct{})}
-	go c.read()
-	return c, resp, nil
+	return &sseClient{c}, resp, nil
 }
 
+// dialSSE connects and reads the welcome and one "subscribed" per query
+// room; presence frames read meanwhile stay for the test to read.
 func dialSSE(t *testing.T, srv *httptest.Server, o dialOpts) *sseClient {
 	t.Helper()
 	c, resp, err := dialSSEErr(srv, o)
 	if err != nil {
 		t.Fatalf("SSE dial: %v", err)
 	}
-	t.Cleanup(c.close)
+	t.Cleanup(c.Close)
 	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
 		t.Fatalf("Content-Type = %q", ct)
 	}
-	c.welcome = c.next(t)
-	if c.welcome.Type != "welcome" {
-		t.Fatalf("first event = %+v, want welcome", c.welcome)
+	if err := c.ReadWelcome(); err != nil {
+		t.Fatal(err)
 	}
+	var presence []frame
 	for range o.rooms {
-		f, err := c.readEvent(waitFor)
+		f, err := c.NextErr(waitFor)
 		for err == nil && f.Type == "presence" { // after a subscribed, for the test to read
-			c.pending = append(c.pending, f)
-			f, err = c.readEvent(waitFor)
+			presence = append(presence, f)
+			f, err = c.NextErr(waitFor)
 		}
 		if err != nil || f.Type != "subscribed" {
 			t.Fatalf("event = %+v, want subscribed", f)
 		}
 	}
+	for i := len(presence) - 1; i >= 0; i-- {
+		c.Unread(presence[i])
+	}
 	return c
 }
 
-func (c *sseClient) read() {
-	defer close(c.done)
-	defer close(c.events)
-	sc := bufio.NewScanner(c.resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	var id, data string
-	for sc.Scan() {
-		line := sc.Text()
-		c.mu.Lock()
-		c.raw.WriteString(line + "\n")
-		c.mu.Unlock()
-		switch {
-		case line == "":
-			if data != "" {
-				var f frame
-				_ = json.Unmarshal([]byte(data), &f)
-				f.SSEID = id
-				c.events <- f
-			}
-			id, data = "", ""
-		case strings.HasPrefix(line, "id: "):
-			id = line[4:]
-		case strings.HasPrefix(line, "data: "):
-			data = line[6:]
-		}
-	}
-}
+func (c *sseClient) next(t *testing.T) frame { t.Helper(); return testkit.Next(t, c) }
 
-func (c *sseClient) close() {
-	c.cancel()
-	c.resp.Body.Close()
-	<-c.done
-}
-
-func (c *sseClient) connID() string { return c.welcome.Conn }
-
-func (c *sseClient) nextErr(d time.Duration) (frame, error) {
-	if len(c.pending) > 0 {
-		f := c.pending[0]
-		c.pending = c.pending[1:]
-		return f, nil
-	}
-	return c.readEvent(d)
-}
-
-func (c *sseClient) readEvent(d time.Duration) (frame, error) {
-	select {
-	case f, ok := <-c.events:
-		if !ok {
-			return frame{}, io.EOF
-		}
-		return f, nil
-	case <-time.After(d):
-		return frame{}, errors.New("timeout")
-	}
-}
-
-func (c *sseClient) next(t *testing.T) frame {
+// dialSSEWithCursor reconnects as EventSource does: with Last-Event-ID.
+func dialSSEWithCursor(t *testing.T, hs *httptest.Server, rooms []string, cursor string) *sseClient {
 	t.Helper()
-	f, err := c.nextErr(waitFor)
+	c, resp, err := testkit.DialSSE(hs.Client(), liveURL(hs, "http", rooms), http.Header{"Last-Event-ID": {cursor}})
 	if err != nil {
-		t.Fatalf("SSE read: %v", err)
+		t.Fatalf("SSE reconnect: %v (%v)", err, resp)
 	}
-	return f
+	t.Cleanup(c.Close)
+	return &sseClient{c}
 }
 
-func (c *sseClient) rawText() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.raw.String()
-}
-
-// collect reads frames until the marker message (data {"text":marker})
-// and returns the frames before it. Because one broker delivers everything
-// in the order NATS gave it, a marker sent last proves that nothing else
-// is on its way: what is not in the result was not delivered.
+// collect reads frames until the marker message and returns those before
+// it (see testkit.Collect).
 func collect(t *testing.T, c client, marker string) []frame {
 	t.Helper()
-	var got []frame
-	for {
-		f := c.next(t)
-		if (f.Type == "direct" || f.Type == "message") && f.text() == marker {
-			return got
-		}
-		got = append(got, f)
-	}
+	return testkit.Collect(t, c, marker)
 }
 
 // sendMarker sends a marker to one connection, after everything else.
 func sendMarker(t *testing.T, b *Broker, c client, marker string) {
 	t.Helper()
-	if err := b.SendToConn(context.Background(), c.connID(), msg(marker)); err != nil {
+	if err := b.SendToConn(context.Background(), c.ConnID(), msg(marker)); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func msg(text string) []byte {
-	p, _ := json.Marshal(map[string]string{"text": text})
-	return p
-}
+func msg(text string) []byte { return testkit.Msg(text) }
 
-func texts(fs []frame) []string {
-	out := make([]string, 0, len(fs))
-	for _, f := range fs {
-		out = append(out, f.Type+":"+f.Room+":"+f.text())
+func texts(fs []frame) []string { return testkit.Texts(fs) }
+
+// expectOnly sends a marker to c and checks that exactly want (texts())
+// arrived before it.
+func expectOnly(t *testing.T, b *Broker, c client, want ...string) {
+	t.Helper()
+	sendMarker(t, b, c, "end")
+	if got := texts(collect(t, c, "end")); !slices.Equal(got, want) {
+		t.Fatalf("received %q, want %q", got, want)
 	}
-	return out
 }
 
 // receipt is what a client must have received before a marker, as texts()
@@ -430,27 +280,33 @@ func expectUntil(t *testing.T, marker string, cases map[string]receipt) {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, what, cond)
 }
 
-// dialSSEWithCursor reconnects as EventSource does: with Last-Event-ID.
-func dialSSEWithCursor(t *testing.T, hs *httptest.Server, rooms []string, cursor string) *sseClient {
+// truncate shortens hostile names in test output.
+func truncate(s string) string {
+	if len(s) <= 64 {
+		return s
+	}
+	return fmt.Sprintf("%.64s…", s)
+}
+
+// historyStream is the broker's history stream, seen through a NATS client
+// of its embedded server.
+func historyStream(t *testing.T, b *Broker) jetstream.Stream {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, liveURL(hs, "http", rooms), nil)
-	req.Header.Set("Accept", "text/event-stream")
-	req.Header.Set("Last-Event-ID", cursor)
-	resp, err := hs.Client().Do(req)
+	nc, err := EmbeddedServer(b).Connect()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &sseClient{resp: resp, cancel: func() {}, events: make(chan frame, 100000), done: make(chan struct{})}
-	go c.read()
-	t.Cleanup(c.close)
-	return c
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(ctx, "ROOMCAST_HISTORY")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream
 }

@@ -1,4 +1,4 @@
-package pubsub
+package pubsub_test
 
 import (
 	"context"
@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	. "github.com/roomcast/pubsub"
 )
 
 func historyBroker(t *testing.T, opts ...Option) *Broker {
@@ -48,7 +51,7 @@ func TestHistoryRoomsAreStoredAndIDsAreStorePositions(t *testing.T) {
 		}
 		prev = seq
 		f := ws.next(t)
-		if f.Room != "chat:1" || f.ID != id || f.text() != fmt.Sprint("stored ", i) {
+		if f.Room != "chat:1" || f.ID != id || f.Text() != fmt.Sprint("stored ", i) {
 			t.Fatalf("ws got %+v, want id %s", f, id)
 		}
 		if e := sse.next(t); e.ID != id || e.SSEID != id {
@@ -71,7 +74,7 @@ func TestHistoryRoomsAreStoredAndIDsAreStorePositions(t *testing.T) {
 		t.Fatalf("client publish: ack %+v, message %+v", ack, m)
 	}
 	// Only the history rooms' messages are in the store.
-	info, err := b.hist.stream.Info(ctx)
+	info, err := historyStream(t, b).Info(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +189,7 @@ func TestClientHistoryRequest(t *testing.T) {
 	srv := serve(t, b, nil)
 	c := dialWS(t, srv, dialOpts{user: "u"})
 	c.send(t, map[string]any{"type": "history", "room": "chat:a", "limit": 3, "ref": 1})
-	_, p, err := c.c.Read(ctx)
+	_, p, err := c.Conn.Read(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +216,7 @@ func TestClientHistoryRequest(t *testing.T) {
 		{map[string]any{"type": "history", "room": "a.b"}, "invalid_room"},
 		{map[string]any{"type": "history", "room": "chat:a", "limit": 1000}, "bad_request"},
 	} {
-		if f := c.request(t, tc.frame); f.code() != tc.code {
+		if f := c.request(t, tc.frame); f.ErrorCode() != tc.code {
 			t.Errorf("%v answered %+v, want %s", tc.frame, f, tc.code)
 		}
 	}
@@ -229,6 +232,32 @@ func TestHistoryOptionsAreValidated(t *testing.T) {
 		if b, err := New(WithLogger(quietLogger()), opt); err == nil {
 			b.Close()
 			t.Errorf("accepted an invalid history option")
+		}
+	}
+}
+
+// Batches are bounded in bytes: large stored messages are all read, and the
+// newest come back from History.
+func TestHistoryWithLargeMessages(t *testing.T) {
+	b := newBroker(t, WithHistory("*", History{Messages: 200}))
+	pad := strings.Repeat("x", 60<<10)
+	for i := range 150 {
+		if err := b.Publish(ctx, "big", []byte(`{"text":"`+strconv.Itoa(i)+`","pad":"`+pad+`"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := b.History(ctx, "big", 3)
+	if err != nil || len(got) != 3 || !strings.Contains(string(got[2].Data), `"text":"149"`) || !strings.Contains(string(got[0].Data), `"text":"147"`) {
+		t.Fatalf("History: %d messages, %v", len(got), err)
+	}
+	srv := serve(t, b, nil)
+	c := dialWS(t, srv, dialOpts{})
+	first, _ := b.History(ctx, "big", 150) // under MaxHistoryLimit: all of them
+	c.send(t, map[string]any{"type": "subscribe", "room": "big", "last_id": first[0].ID})
+	c.next(t)
+	for i := 1; i < 150; i++ {
+		if f := c.next(t); f.Text() != strconv.Itoa(i) {
+			t.Fatalf("replay %d: %q", i, f.Text())
 		}
 	}
 }

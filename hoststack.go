@@ -9,13 +9,6 @@ import (
 	"github.com/roomcast/pubsub/internal/stack"
 )
 
-// ErrMisconfigured: the host's middleware hides the connection from the
-// handler (a ResponseWriter wrapper without Unwrap, http.TimeoutHandler), so
-// the transport cannot work on this request. The client gets a 500 with
-// "Roomcast-Error: misconfigured"; the broker logs, at Error, the wrapper
-// and the fix.
-var ErrMisconfigured = errors.New("pubsub: the host's middleware prevents a live connection")
-
 // misconfiguredEvery bounds how often one cause is logged: a page that
 // retries must not flood the log.
 const misconfiguredEvery = time.Minute

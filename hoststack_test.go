@@ -1,4 +1,4 @@
-package pubsub
+package pubsub_test
 
 import (
 	"bufio"
@@ -6,9 +6,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	. "github.com/roomcast/pubsub"
 
 	"github.com/roomcast/pubsub/internal/testkit"
 )
@@ -42,7 +45,7 @@ func TestHiddenConnectionIsRefusedLoudly(t *testing.T) {
 		t.Fatalf("logged %d Error lines, want one per transport: %+v", len(lines), lines)
 	}
 	for _, l := range lines {
-		if !strings.Contains(l.Attrs["cause"], "pubsub.hiding") || !strings.Contains(l.Attrs["fix"], "Unwrap") {
+		if !strings.Contains(l.Attrs["cause"], "pubsub_test.hiding") || !strings.Contains(l.Attrs["fix"], "Unwrap") {
 			t.Errorf("the line does not name the wrapper and the fix: %+v", l)
 		}
 	}
@@ -56,6 +59,7 @@ type holdingWriter struct {
 }
 
 func (w *holdingWriter) WriteHeader(code int) { w.code = code }
+
 func (w *holdingWriter) Write(p []byte) (int, error) {
 	if w.code != 0 {
 		w.ResponseWriter.WriteHeader(w.code)
@@ -63,9 +67,11 @@ func (w *holdingWriter) Write(p []byte) (int, error) {
 	}
 	return w.ResponseWriter.Write(p)
 }
+
 func (w *holdingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return http.NewResponseController(w.ResponseWriter).Hijack()
 }
+
 func (w *holdingWriter) Flush() { _ = http.NewResponseController(w.ResponseWriter).Flush() }
 
 // The upgrade does not depend on the host's writers passing the 101 on:
@@ -81,7 +87,7 @@ func TestUpgradeThroughAWriterThatHoldsTheStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range []client{ws, sse} {
-		if f := c.next(t); f.Type != "message" || f.text() != "hi" {
+		if f := testkit.Next(t, c); f.Type != "message" || f.Text() != "hi" {
 			t.Fatalf("got %+v", f)
 		}
 	}
@@ -102,28 +108,49 @@ func TestStreamOutlivesAMiddlewareDeadline(t *testing.T) {
 	if err := b.Publish(ctx, "lobby", msg("after the deadline")); err != nil {
 		t.Fatal(err)
 	}
-	if f := c.next(t); f.Type != "message" || f.text() != "after the deadline" {
+	if f := testkit.Next(t, c); f.Type != "message" || f.Text() != "after the deadline" {
 		t.Fatalf("got %+v", f)
 	}
-	c.close()
+	c.Close()
 	start := time.Now()
 	eventually(t, "the stream to end when its client left", func() bool {
-		b.mu.RLock()
-		defer b.mu.RUnlock()
-		return len(b.conns) == 0
+		return ConnCount(b) == 0
 	})
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("the departure was noticed after %v", d)
 	}
 }
 
-// The deprecated names still work, for one release.
-func TestDeprecatedContextHelpers(t *testing.T) {
-	ctx := WithUser(context.Background(), "alice")
-	if UserFrom(ctx) != "alice" || UserFromContext(ctx) != "alice" {
-		t.Fatal("WithUser and UserFromContext disagree")
-	}
-	if UserFromContext(context.Background()) != "" {
-		t.Fatal("an anonymous context has a user")
+// The broker takes HTTP/1.1 SSE connections over; what the host's
+// middleware put in the response headers must survive that. Over HTTP/2,
+// where a connection cannot be taken over, the handler streams itself.
+func TestSSEKeepsHostHeadersAndWorksOverHTTP2(t *testing.T) {
+	b := newBroker(t)
+	mux := http.NewServeMux()
+	mux.Handle("/live", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.SetCookie(w, &http.Cookie{Name: "session", Value: "refreshed"})
+		w.Header().Set("Access-Control-Allow-Origin", "https://app.example")
+		testAuth(b.Handler()).ServeHTTP(w, r)
+	}))
+	for _, h2 := range []bool{false, true} {
+		srv := httptest.NewUnstartedServer(mux)
+		srv.EnableHTTP2 = h2
+		srv.StartTLS()
+		defer srv.Close()
+		c := dialSSE(t, srv, dialOpts{user: "u", rooms: []string{"r"}})
+		if want := map[bool]int{false: 1, true: 2}[h2]; c.Resp.ProtoMajor != want {
+			t.Fatalf("HTTP/%d, want %d", c.Resp.ProtoMajor, want)
+		}
+		if got := c.Resp.Header.Get("Set-Cookie"); !strings.Contains(got, "session=refreshed") {
+			t.Errorf("HTTP/%d: Set-Cookie %q lost", c.Resp.ProtoMajor, got)
+		}
+		if got := c.Resp.Header.Get("Access-Control-Allow-Origin"); got != "https://app.example" {
+			t.Errorf("HTTP/%d: CORS header %q lost", c.Resp.ProtoMajor, got)
+		}
+		_ = b.Publish(ctx, "r", msg("over tls"))
+		if f := c.next(t); f.Text() != "over tls" {
+			t.Fatalf("HTTP/%d: got %+v", c.Resp.ProtoMajor, f)
+		}
+		c.Close()
 	}
 }

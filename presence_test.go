@@ -1,4 +1,4 @@
-package pubsub
+package pubsub_test
 
 import (
 	"context"
@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	. "github.com/roomcast/pubsub"
+
 	"github.com/roomcast/pubsub/embedded"
+	"github.com/roomcast/pubsub/internal/testkit"
 )
 
 // awaitPresence waits until b's presence of room is want (counts and first
@@ -35,7 +38,7 @@ func awaitPresence(t *testing.T, b *Broker, room string, want Presence) {
 // snapshot, and returns it as "type:user:count".
 func nextPresence(t *testing.T, c client) string {
 	t.Helper()
-	f := c.next(t)
+	f := testkit.Next(t, c)
 	switch f.Type {
 	case "join", "leave":
 		return fmt.Sprintf("%s:%s:%d", f.Type, f.User, f.Count)
@@ -80,11 +83,11 @@ func TestPresenceUsersNotTabs(t *testing.T) {
 	anon := dialWS(t, srv, dialOpts{rooms: []string{"lobby"}})
 	elsewhere := dialWS(t, srv, dialOpts{user: "eve", rooms: []string{"other"}})
 	awaitPresence(t, b, "lobby", Presence{Count: 3, Conns: 5, Members: members("alice", 2, "plain", 1, "watcher", 1)})
-	aliceSSE.close()
+	aliceSSE.Close()
 	awaitPresence(t, b, "lobby", Presence{Count: 3, Conns: 4, Members: members("alice", 1, "plain", 1, "watcher", 1)})
 	bob := dialWS(t, srv, dialOpts{user: "bob", rooms: []string{"lobby"}})
-	_ = aliceWS.c.Close(1000, "")
-	_ = anon.c.Close(1000, "")
+	_ = aliceWS.Conn.Close(1000, "")
+	_ = anon.Conn.Close(1000, "")
 	awaitPresence(t, b, "lobby", Presence{Count: 3, Conns: 3, Members: members("bob", 1, "plain", 1, "watcher", 1)})
 	_ = bob
 	awaitPresence(t, b, "other", Presence{Count: 1, Conns: 1, Members: members("eve", 1)})
@@ -207,13 +210,13 @@ func TestPresenceBadInput(t *testing.T) {
 	for i, tc := range cases {
 		tc.frame["type"], tc.frame["ref"] = "presence", i
 		f := c.request(t, tc.frame)
-		if f.Type != "error" || f.code() != tc.code {
+		if f.Type != "error" || f.ErrorCode() != tc.code {
 			t.Errorf("presence %v: %+v, want error %s", tc.frame["room"], f, tc.code)
 		}
 	}
 	// A denied subscription with presence gets no events either.
 	c.send(t, map[string]any{"type": "subscribe", "room": "secret", "presence": true})
-	if f := c.next(t); f.Type != "error" || f.code() != "forbidden" {
+	if f := testkit.Next(t, c); f.Type != "error" || f.ErrorCode() != "forbidden" {
 		t.Fatalf("subscribe to secret: %+v", f)
 	}
 	if f := c.request(t, map[string]any{"type": "presence", "room": "lobby", "ref": "ok"}); f.Type != "presence" || f.Count != 0 {
@@ -258,7 +261,7 @@ func TestClusterPresence(t *testing.T) {
 
 	// Instance 2 dies without a word: its NATS node is gone, and its
 	// entries go once the presence timeout has passed.
-	bs[2].srv.NATS().Shutdown()
+	EmbeddedServer(bs[2]).NATS().Shutdown()
 	awaitPresence(t, bs[0], "lobby", Presence{Count: 2, Conns: 2, Members: members("alice", 1, "watcher", 1)})
 
 	var got []string
@@ -290,7 +293,7 @@ func TestPresenceBurstIsOneFrame(t *testing.T) {
 			t.Fatalf("event %s, want %s", got, want)
 		}
 	}
-	bs[1].srv.NATS().Shutdown() // 40 users gone at once
+	EmbeddedServer(bs[1]).NATS().Shutdown() // 40 users gone at once
 	if got := nextPresence(t, watcher); got != "presence:1:1:watcher×1" {
 		t.Fatalf("after the burst: %s", got)
 	}

@@ -1,4 +1,4 @@
-package pubsub
+package pubsub_test
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	. "github.com/roomcast/pubsub"
 )
 
 func resumeBroker(t *testing.T, opts ...Option) *Broker {
@@ -60,10 +62,10 @@ func TestResumeMidBurstWebSocket(t *testing.T) {
 	lastID := ""
 	for len(got) < 3000 {
 		f := c.next(t)
-		got = append(got, f.text())
+		got = append(got, f.Text())
 		lastID = f.ID
 	}
-	_ = c.c.CloseNow() // the network drops, mid-burst
+	_ = c.Conn.CloseNow() // the network drops, mid-burst
 
 	start := time.Now()
 	c2 := dialWS(t, srv, dialOpts{})
@@ -71,21 +73,21 @@ func TestResumeMidBurstWebSocket(t *testing.T) {
 		t.Fatalf("resume answered %+v", f)
 	}
 	for len(got) < n {
-		f, err := c2.nextErr(20 * time.Second)
+		f, err := c2.NextErr(20 * time.Second)
 		if err != nil {
 			t.Fatalf("after %d messages: %v", len(got), err)
 		}
 		if f.Type != "message" {
 			t.Fatalf("unexpected %+v", f)
 		}
-		got = append(got, f.text())
+		got = append(got, f.Text())
 	}
 	t.Logf("resumed %d messages in %v", n-3000, time.Since(start))
 	<-done
 	checkSequence(t, got, n)
 	// Nothing more: a marker published now is the next message.
 	_ = b.Publish(ctx, "chat:burst", msg("end"))
-	if f := c2.next(t); f.text() != "end" {
+	if f := c2.next(t); f.Text() != "end" {
 		t.Fatalf("after the burst got %+v", f)
 	}
 }
@@ -101,20 +103,20 @@ func TestResumeMidBurstSSE(t *testing.T) {
 	cursor := ""
 	for len(got) < 2500 {
 		f := c.next(t)
-		got = append(got, f.text())
+		got = append(got, f.Text())
 		cursor = f.SSEID
 	}
-	c.close()
+	c.Close()
 
 	// What EventSource does on its own: the same URL with Last-Event-ID.
 	c2 := dialSSEWithCursor(t, srv, []string{"chat:sse", "lobby"}, cursor)
 	for len(got) < n {
-		f, err := c2.nextErr(20 * time.Second)
+		f, err := c2.NextErr(20 * time.Second)
 		if err != nil {
 			t.Fatalf("after %d messages: %v", len(got), err)
 		}
 		if f.Type == "message" {
-			got = append(got, f.text())
+			got = append(got, f.Text())
 		}
 	}
 	<-done
@@ -152,18 +154,18 @@ func TestResumeReconnectStorm(t *testing.T) {
 			}
 			c.send(t, map[string]any{"type": "subscribe", "room": "chat:storm", "last_id": ids[from]})
 			for _, typ := range []string{"welcome", "subscribed"} {
-				if f, err := c.nextErr(time.Minute); err != nil || f.Type != typ {
+				if f, err := c.NextErr(time.Minute); err != nil || f.Type != typ {
 					errs <- fmt.Errorf("client from %d: %+v %v, want %s", from, f, err, typ)
 					return
 				}
 			}
 			for want := from + 1; want < stored; want++ {
-				f, err := c.nextErr(time.Minute)
+				f, err := c.NextErr(time.Minute)
 				if err != nil {
 					errs <- fmt.Errorf("client from %d at %d: %v", from, want, err)
 					return
 				}
-				if f.Type != "message" || f.text() != strconv.Itoa(want) {
+				if f.Type != "message" || f.Text() != strconv.Itoa(want) {
 					errs <- fmt.Errorf("client from %d: got %+v, want %d", from, f, want)
 					return
 				}
@@ -181,10 +183,10 @@ func TestResumeReconnectStorm(t *testing.T) {
 	t.Logf("%d clients resumed (0 to %d messages each) in %v", clients, stored-1, time.Since(start))
 	_ = b.Publish(ctx, "chat:storm", msg("live"))
 	for _, c := range caughtUp {
-		if f := c.next(t); f.text() != "live" {
+		if f := c.next(t); f.Text() != "live" {
 			t.Fatalf("after resume got %+v", f)
 		}
-		_ = c.c.CloseNow()
+		_ = c.Conn.CloseNow()
 	}
 }
 
@@ -205,7 +207,7 @@ func TestResumeOlderThanRetentionIsTruncated(t *testing.T) {
 		}
 	}
 	_ = b.Publish(ctx, "small:t", msg("live"))
-	if f := c.next(t); f.text() != "live" {
+	if f := c.next(t); f.Text() != "live" {
 		t.Fatalf("after truncated got %+v", f)
 	}
 	// The room now keeps 8, 9, live: position 7 is followed directly by
@@ -214,7 +216,7 @@ func TestResumeOlderThanRetentionIsTruncated(t *testing.T) {
 	c2.send(t, map[string]any{"type": "subscribe", "room": "small:t", "last_id": ids[7]})
 	c2.next(t) // subscribed
 	for _, want := range []string{"8", "9", "live"} {
-		if f := c2.next(t); f.text() != want {
+		if f := c2.next(t); f.Text() != want {
 			t.Fatalf("replay got %+v, want %s", f, want)
 		}
 	}
@@ -234,7 +236,7 @@ func TestResumeRejectsHostileIDs(t *testing.T) {
 	c := dialWS(t, srv, dialOpts{})
 	for _, id := range []string{"abc", "-1", "0", "1e5", "+5", " 5", "0x10", "18446744073709551616", strings.Repeat("9", 40), "1.5"} {
 		f := c.request(t, map[string]any{"type": "subscribe", "room": "chat:h", "last_id": id})
-		if f.Type != "error" || f.code() != "invalid_id" {
+		if f.Type != "error" || f.ErrorCode() != "invalid_id" {
 			t.Errorf("last_id %q answered %+v", id, f)
 		}
 	}
@@ -285,9 +287,144 @@ func TestResumeAcrossRestartWithFileStore(t *testing.T) {
 	c2.send(t, map[string]any{"type": "subscribe", "room": "room", "last_id": last})
 	c2.next(t)
 	for i := 5; i < 10; i++ {
-		if f := c2.next(t); f.text() != strconv.Itoa(i) {
+		if f := c2.next(t); f.Text() != strconv.Itoa(i) {
 			t.Fatalf("after restart got %+v, want %d", f, i)
 		}
 	}
 	_ = context.Background()
+}
+
+// Unsubscribing during a resume stops it; subscribing again does not
+// deliver anything twice.
+func TestResumeThenUnsubscribeAndResubscribe(t *testing.T) {
+	b := resumeBroker(t)
+	srv := serve(t, b, nil)
+	ids := make([]string, 3000)
+	for i := range ids {
+		ack, _ := b.PublishAck(ctx, "chat:u", msg(strconv.Itoa(i)))
+		ids[i] = ack.ID
+	}
+	c := dialWS(t, srv, dialOpts{})
+	c.send(t, map[string]any{"type": "subscribe", "room": "chat:u", "last_id": ids[0]})
+	c.send(t, map[string]any{"type": "unsubscribe", "room": "chat:u", "ref": "u"})
+	c.send(t, map[string]any{"type": "subscribe", "room": "chat:u", "last_id": ids[0], "ref": "s"})
+	seen := map[string]bool{}
+	next := 1
+	for next < 3000 {
+		f := c.next(t)
+		if f.Type != "message" {
+			continue
+		}
+		if seen[f.ID] {
+			t.Fatalf("message %s delivered twice", f.Text())
+		}
+		seen[f.ID] = true
+		if n, _ := strconv.Atoi(f.Text()); n == next {
+			next++
+		} else if n < next {
+			t.Fatalf("out of order: %d after %d", n, next-1)
+		}
+	}
+	_ = b.Publish(ctx, "chat:u", msg("live"))
+	for {
+		f := c.next(t)
+		if f.Type == "message" {
+			if f.Text() != "live" || seen[f.ID] {
+				t.Fatalf("after the replay: %+v", f)
+			}
+			return
+		}
+	}
+}
+
+// Retention drops messages while a slow client is being replayed to: the
+// client may lose them, but never silently: a jump in the sequence comes
+// after a "truncated".
+func TestResumeDropsDuringReplayAreNotSilent(t *testing.T) {
+	b := newBroker(t, WithHistory("*", History{Messages: 1500}), WithSendQueue(8192, 64<<20)) // room for the live burst: this test is about the replay
+	srv := serve(t, b, nil)
+	pad := strings.Repeat("x", 2048)
+	publish := func(from, n int) {
+		for i := from; i < from+n; i++ {
+			_ = b.Publish(ctx, "mid", []byte(`{"text":"`+strconv.Itoa(i)+`","pad":"`+pad+`"}`))
+		}
+	}
+	first, _ := b.PublishAck(ctx, "mid", []byte(`{"text":"0"}`))
+	publish(1, 1499)
+	c := dialWS(t, srv, dialOpts{})
+	c.send(t, map[string]any{"type": "subscribe", "room": "mid", "last_id": first.ID})
+	time.Sleep(300 * time.Millisecond) // not reading: the replay waits
+	publish(1500, 1500)                // the room drops everything the replay has not reached
+	expect, truncated := 1, false
+	for expect < 3000 {
+		f, err := c.NextErr(20 * time.Second)
+		if err != nil {
+			t.Fatalf("at %d: %v", expect, err)
+		}
+		switch f.Type {
+		case "truncated":
+			truncated = true
+		case "message":
+			n, _ := strconv.Atoi(f.Text())
+			if n < expect {
+				t.Fatalf("%d again after %d", n, expect-1)
+			}
+			if n > expect && !truncated {
+				t.Fatalf("silent gap: %d after %d with no truncated", n, expect-1)
+			}
+			expect, truncated = n+1, false
+		}
+	}
+}
+
+// Over SSE, a truncated room does not go live ahead of the others' replay:
+// the stream's ids never go backwards, so Last-Event-ID stays a cursor.
+func TestSSEResumeIDsNeverGoBackwards(t *testing.T) {
+	b := resumeBroker(t)
+	srv := serve(t, b, nil)
+	var small []string
+	for i := range 10 {
+		ack, _ := b.PublishAck(ctx, "small:s", msg("s"+strconv.Itoa(i)))
+		small = append(small, ack.ID)
+		_ = b.Publish(ctx, "chat:c", msg("c"+strconv.Itoa(i)))
+	}
+	c := dialSSEWithCursor(t, srv, []string{"small:s", "chat:c"}, small[1])
+	last := uint64(0)
+	read := func(want func(frame) bool) {
+		t.Helper()
+		for {
+			f := c.next(t)
+			if f.Type == "message" {
+				id, _ := strconv.ParseUint(f.SSEID, 10, 64)
+				if id <= last {
+					t.Fatalf("SSE id %d after %d", id, last)
+				}
+				last = id
+			}
+			if want(f) {
+				return
+			}
+		}
+	}
+	// chat:c replays c1..c9 (after the cursor, which is s1); small:s kept
+	// only s7..s9: truncated.
+	truncated, chat := false, 0
+	read(func(f frame) bool {
+		truncated = truncated || (f.Type == "truncated" && f.Room == "small:s")
+		if f.Type == "message" && f.Room == "chat:c" {
+			chat++
+		}
+		return truncated && chat == 9
+	})
+	for i := range 5 {
+		_ = b.Publish(ctx, "small:s", msg("live"+strconv.Itoa(i)))
+		_ = b.Publish(ctx, "chat:c", msg("live"+strconv.Itoa(i)))
+	}
+	n := 0
+	read(func(f frame) bool {
+		if f.Type == "message" && strings.HasPrefix(f.Text(), "live") {
+			n++
+		}
+		return n == 10
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/roomcast/pubsub/internal/fanout"
 	"github.com/roomcast/pubsub/internal/stack"
 	"github.com/roomcast/pubsub/internal/subject"
 	"github.com/roomcast/pubsub/internal/wire"
@@ -32,11 +33,11 @@ const sseRetryMillis = 2000
 // goroutine only while there is something to write, one write call per
 // batch, and no goroutine at all while idle.
 type sseStream struct {
+	c       *Conn
 	w       http.ResponseWriter
 	rc      *http.ResponseController
 	reqCtx  context.Context // the request's own, cancelled when a driven stream's client leaves
 	chain   stack.Chain
-	wake    chan struct{}
 	aborted atomic.Bool
 
 	conn      net.Conn     // hijacked
@@ -83,7 +84,7 @@ func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.C
 			return nil, err
 		}
 	}
-	s := &sseStream{w: w, rc: http.NewResponseController(w), reqCtx: r.Context(), chain: chain, wake: make(chan struct{}, 1)}
+	s := &sseStream{c: c, w: w, rc: http.NewResponseController(w), reqCtx: r.Context(), chain: chain}
 	h := w.Header()
 	// A middleware that announced an encoding before this handler ran (gin's
 	// gzip) has committed to compressing: taken over beneath it, the stream
@@ -125,7 +126,10 @@ func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.C
 	}
 	c.sse = s
 	if s.conn != nil {
-		c.ping = time.AfterFunc(b.cfg.keepAlive, c.keepAlive)
+		c.attach(s) // written by a writer goroutine, like a WebSocket
+		c.keepalive = time.AfterFunc(b.cfg.keepAlive, c.keepAlive)
+	} else {
+		c.attach(nil) // written by the goroutine that drives it: writeLoop
 	}
 	if err := b.start(c); err != nil {
 		if errors.Is(err, ErrClosed) { // shutdown began while the head was written
@@ -136,13 +140,13 @@ func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.C
 		}
 		return nil, err
 	}
-	resume := map[*topic]string{}
+	resume := map[*fanout.Topic]string{}
 	watch := presenceRooms(r)
 	for _, room := range rooms {
-		_, history := b.historyFor(room)
-		t, added, err := c.joinTopic(room, wire.Reply("subscribed", room, "", nil), pos > 0 && history)
+		_, history := b.hist.Rule(room)
+		t, added, err := c.joinRoom(room, wire.Reply("subscribed", room, "", nil), pos > 0 && history)
 		if err == nil && watch[room] {
-			err = b.pres.watch(c, room)
+			err = c.watch(room)
 		}
 		switch {
 		case err == nil, errors.Is(err, ErrClosed):
@@ -167,10 +171,10 @@ func (s *sseStream) writeLoop(c *Conn) {
 	reqDone := s.reqCtx.Done()
 	var gone <-chan bool // the client left, once reqDone no longer tells
 	for {
-		batch, closing := c.takeQueue()
+		batch, closing := c.out.Take()
 		if batch != nil {
 			err := s.write(c, batch...)
-			c.returnBatch(batch)
+			c.out.Recycle(batch)
 			if err != nil {
 				c.closeWith(CloseInternalError, "write failed", fmt.Errorf("pubsub: write: %w", err), false)
 				return
@@ -184,7 +188,7 @@ func (s *sseStream) writeLoop(c *Conn) {
 			return
 		}
 		select {
-		case <-s.wake:
+		case <-c.out.Wake():
 		case <-reqDone:
 			if s.reqCtx.Err() == context.DeadlineExceeded {
 				// A middleware's request deadline (chi's Timeout), not
@@ -289,11 +293,25 @@ func (s *sseStream) hijack(r *http.Request, timeout time.Duration) (taken bool, 
 	return true, nil
 }
 
-// writeConn writes a batch to a hijacked stream: one write call.
-func (s *sseStream) writeConn(c *Conn, batch []*wire.Frame) error {
-	_ = s.conn.SetWriteDeadline(time.Now().Add(c.b.cfg.writeTimeout))
+// WriteBatch writes a batch to a hijacked stream: one write call.
+func (s *sseStream) WriteBatch(batch []*wire.Frame) error {
+	_ = s.conn.SetWriteDeadline(time.Now().Add(s.c.b.cfg.writeTimeout))
 	s.lastWrite.Store(time.Now().UnixNano())
-	return s.write(c, batch...)
+	return s.write(s.c, batch...)
+}
+
+// WriteEnd ends a hijacked stream: the close event says why, as a
+// WebSocket close frame would, then the connection closes, which ends the
+// body.
+func (s *sseStream) WriteEnd() {
+	_ = s.WriteBatch([]*wire.Frame{wire.Close(s.c.closeInfo())})
+	_ = s.conn.Close()
+}
+
+// WriteFailed closes a stream whose write failed.
+func (s *sseStream) WriteFailed(err error) {
+	s.c.closeWith(CloseInternalError, "write failed", fmt.Errorf("pubsub: write: %w", err), false)
+	s.abort()
 }
 
 // keepAliveFrame is an SSE comment line, written on an idle stream.
@@ -316,7 +334,7 @@ func (s *sseStream) keepAlive(c *Conn) bool {
 	if time.Since(time.Unix(0, s.lastWrite.Load())) < c.b.cfg.keepAlive-c.b.cfg.keepAlive/8 {
 		return true
 	}
-	if !c.enqueue(keepAliveFrame) {
+	if !c.out.Enqueue(keepAliveFrame) {
 		c.closeSlow()
 		return false
 	}

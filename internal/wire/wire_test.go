@@ -76,3 +76,13 @@ func TestParseClientFrame(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkFrameEncode is the per-message cost of building the client frame,
+// paid once per message per instance, whatever the number of subscribers.
+func BenchmarkFrameEncode(b *testing.B) {
+	env := Envelope{ID: "k2Fz8qLw0P-1234", Data: []byte(`{"b":1,"s":42,"t":1763712000000000000,"p":"xxxxxxxxxxxxxxx"}`)}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = MessageFrame(KindRoom, "lobby", env)
+	}
+}

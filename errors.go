@@ -1,0 +1,51 @@
+package pubsub
+
+import "errors"
+
+// Errors returned by the broker and its connections. Wrapped errors carry
+// detail; test for these with errors.Is. Those a client can meet carry the
+// code its error frame says (PROTOCOL.md §6), shown in their declaration.
+var (
+	// ErrClosed: the broker or the connection is closed.
+	ErrClosed = errors.New("pubsub: closed")
+	// ErrInvalidRoom: a room name breaks the rules in PROTOCOL.md
+	// (1–128 bytes of printable UTF-8, no whitespace, ".", "*", ">" or leading "$").
+	ErrInvalidRoom error = &codedError{"pubsub: invalid room name", "invalid_room"}
+	// ErrInvalidUser: a user id is empty, longer than 256 bytes or not printable UTF-8.
+	ErrInvalidUser = errors.New("pubsub: invalid user id")
+	// ErrInvalidConnID: a connection id was not issued by a broker.
+	ErrInvalidConnID = errors.New("pubsub: invalid connection id")
+	// ErrInvalidData: a message is not a single valid JSON value.
+	ErrInvalidData error = &codedError{"pubsub: message data is not valid JSON", "bad_request"}
+	// ErrTooLarge: a message exceeds the maximum message size.
+	ErrTooLarge error = &codedError{"pubsub: message too large", "bad_request"}
+	// ErrForbidden: an authorization hook denied the operation.
+	ErrForbidden error = &codedError{"pubsub: forbidden", "forbidden"}
+	// ErrTooManyRooms: a connection reached its room limit.
+	ErrTooManyRooms error = &codedError{"pubsub: too many rooms on one connection", "too_many_rooms"}
+	// ErrSlowConsumer: a connection was closed because its send queue overflowed.
+	ErrSlowConsumer = errors.New("pubsub: slow consumer")
+	// ErrUnsupportedTransport: a request to Accept is neither a WebSocket
+	// upgrade nor a GET that accepts text/event-stream.
+	ErrUnsupportedTransport = errors.New("pubsub: request is neither WebSocket nor SSE")
+	// ErrIdleTimeout is the reason (Conn.Err) of a connection that did not
+	// answer a keep-alive ping in time.
+	ErrIdleTimeout = errors.New("pubsub: keep-alive timeout")
+	// ErrNoHistory: the room has no history configured.
+	ErrNoHistory error = &codedError{"pubsub: room has no history", "no_history"}
+	// ErrInvalidID: a resume position is not a store position.
+	ErrInvalidID error = &codedError{"pubsub: invalid message id", "invalid_id"}
+	// ErrMisconfigured: the host's middleware hides the connection from the
+	// handler (a ResponseWriter wrapper without Unwrap, http.TimeoutHandler),
+	// so the transport cannot work on this request. The client gets a 500
+	// with "Roomcast-Error: misconfigured"; the broker logs, at Error, the
+	// wrapper and the fix.
+	ErrMisconfigured = errors.New("pubsub: the host's middleware prevents a live connection")
+)
+
+// codedError is a sentinel error with the code a client's error frame
+// carries for it.
+type codedError struct{ msg, code string }
+
+func (e *codedError) Error() string        { return e.msg }
+func (e *codedError) ProtocolCode() string { return e.code }

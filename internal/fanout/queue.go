@@ -1,0 +1,272 @@
+package fanout
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/roomcast/pubsub/internal/wire"
+)
+
+// Queue is one connection's bounded queue of frames not yet written, and
+// the writer that drains it. Frames are shared, read-only, between every
+// queue they are on.
+//
+// The writer joins everything queued into one write (see Sink): under load,
+// batches grow by themselves and each system call carries many frames. A
+// queue that would exceed its bounds refuses the frame; its owner then
+// closes the connection as a slow consumer, so a slow client never delays
+// the others.
+//
+// A queue is written in one of two ways. With a Sink, a writer goroutine
+// runs only while there is something to write (an idle connection holds no
+// goroutine for it). Without one, the owner's own goroutine drains it,
+// woken through Wake (a Server-Sent Events stream that must be written by
+// the handler that owns the response).
+type Queue struct {
+	maxFrames, maxBytes int
+	sink                Sink
+	wake                chan struct{} // no sink: signalled when there is something to take
+
+	mu      sync.Mutex
+	frames  []*wire.Frame
+	spare   []*wire.Frame // a drained batch's array, reused
+	bytes   int
+	writing bool          // a writer goroutine runs (with a sink)
+	closing bool          // Close was called: nothing more is queued
+	drained chan struct{} // signalled when the writer takes a batch or the queue closes
+	writers sync.WaitGroup
+}
+
+// Sink writes a queue's batches to a connection.
+type Sink interface {
+	// WriteBatch writes frames with one write call where it can.
+	WriteBatch(frames []*wire.Frame) error
+	// WriteEnd is called once, after the last batch of a closing queue: it
+	// ends the connection (a close frame, a close event).
+	WriteEnd()
+	// WriteFailed is called when WriteBatch fails: the owner closes the
+	// connection. The queue stops writing.
+	WriteFailed(err error)
+}
+
+// NewQueue returns an empty queue bounded by frames and bytes, written
+// through sink (nil: by the owner, see Wake).
+func NewQueue(frames, bytes int, sink Sink) *Queue {
+	q := &Queue{maxFrames: frames, maxBytes: bytes, sink: sink}
+	if sink == nil {
+		q.wake = make(chan struct{}, 1)
+	}
+	return q
+}
+
+// Wake is signalled when a queue without a sink has frames to take, or is
+// closing.
+func (q *Queue) Wake() <-chan struct{} { return q.wake }
+
+// Enqueue queues f. It reports false when the queue is full: the caller
+// must then close the connection as a slow consumer (outside of any lock
+// of its fan-out). A closing queue drops frames and reports true.
+func (q *Queue) Enqueue(f *wire.Frame) bool {
+	q.mu.Lock()
+	ok, start := q.enqueueLocked(f)
+	q.mu.Unlock()
+	if start {
+		go q.writeLoop()
+	}
+	return ok
+}
+
+func (q *Queue) enqueueLocked(f *wire.Frame) (ok, startWriter bool) {
+	if q.closing {
+		return true, false
+	}
+	if len(q.frames) >= q.maxFrames || q.bytes+len(f.JSON) > q.maxBytes {
+		return false, false
+	}
+	q.frames = append(q.frames, f)
+	q.bytes += len(f.JSON)
+	return true, q.kickLocked()
+}
+
+// EnqueueAll queues frames in order, stopping at the first that does not
+// fit; it reports whether all did.
+func (q *Queue) EnqueueAll(frames []*wire.Frame) bool {
+	q.mu.Lock()
+	ok, start := true, false
+	for _, f := range frames {
+		var s bool
+		if ok, s = q.enqueueLocked(f); !ok {
+			break
+		}
+		start = start || s
+	}
+	q.mu.Unlock()
+	if start {
+		go q.writeLoop()
+	}
+	return ok
+}
+
+// ErrClosing: the queue is closing and takes no more paced frames.
+var ErrClosing = errors.New("fanout: queue closing")
+
+// ErrStalled: a paced enqueue waited a whole timeout for the writer to take
+// anything.
+var ErrStalled = errors.New("fanout: queue stalled")
+
+// EnqueuePaced queues f once the queue is under half of its bounds,
+// waiting for the writer up to timeout at a time: a replay of any length
+// holds a bounded queue, and leaves the other half to live frames.
+func (q *Queue) EnqueuePaced(f *wire.Frame, timeout time.Duration) error {
+	for {
+		q.mu.Lock()
+		if q.closing {
+			q.mu.Unlock()
+			return ErrClosing
+		}
+		if len(q.frames) == 0 || len(q.frames) < q.maxFrames/2 && q.bytes+len(f.JSON) <= q.maxBytes/2 {
+			_, start := q.enqueueLocked(f)
+			q.mu.Unlock()
+			if start {
+				go q.writeLoop()
+			}
+			return nil
+		}
+		if q.drained == nil {
+			q.drained = make(chan struct{}, 1)
+		}
+		drained := q.drained
+		q.mu.Unlock()
+		t := time.NewTimer(timeout)
+		select {
+		case <-drained: // the writer took a batch, or the queue is closing
+			t.Stop()
+		case <-t.C:
+			return ErrStalled
+		}
+	}
+}
+
+// kickLocked makes the writer look at the queue: wakes the owner of a
+// queue without a sink, or reports whether the caller must start a writer
+// goroutine (there is at most one, and none while idle).
+func (q *Queue) kickLocked() (startWriter bool) {
+	if q.sink == nil {
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
+		return false
+	}
+	if q.writing {
+		return false
+	}
+	q.writing = true
+	q.writers.Add(1)
+	return true
+}
+
+// Take hands the queued frames to the writer. When the queue is empty it
+// returns nil, and whether the queue is closing. The batch goes back with
+// Recycle once written.
+func (q *Queue) Take() (batch []*wire.Frame, closing bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.frames) == 0 {
+		return nil, q.closing
+	}
+	batch = q.frames
+	q.frames, q.spare = q.spare, nil
+	q.bytes = 0
+	q.signalDrained()
+	return batch, false
+}
+
+func (q *Queue) signalDrained() {
+	if q.drained != nil {
+		select {
+		case q.drained <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Recycle keeps a small written batch's array for the next one; a large
+// one is left to the garbage collector, so idle connections stay small.
+func (q *Queue) Recycle(batch []*wire.Frame) {
+	if cap(batch) > 64 {
+		return
+	}
+	clear(batch)
+	q.mu.Lock()
+	if q.spare == nil {
+		q.spare = batch[:0]
+	}
+	q.mu.Unlock()
+}
+
+// Close stops the queue taking frames. With drain, what is queued is still
+// written, then the end (Sink.WriteEnd); without, it is dropped. Close is
+// idempotent; the first call decides.
+func (q *Queue) Close(drain bool) {
+	q.mu.Lock()
+	if q.closing {
+		q.mu.Unlock()
+		return
+	}
+	q.closing = true
+	q.signalDrained() // a paced enqueue waits there: let it see the close
+	if !drain {
+		clear(q.frames)
+		q.frames, q.bytes = q.frames[:0], 0
+	}
+	start := q.kickLocked()
+	q.mu.Unlock()
+	if start {
+		go q.writeLoop()
+	}
+}
+
+// Closing reports whether Close was called.
+func (q *Queue) Closing() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.closing
+}
+
+// Wait waits for the writer goroutine, if any, to finish.
+func (q *Queue) Wait() { q.writers.Wait() }
+
+// writeLoop drains the queue through the sink, joining queued frames into
+// one write, and exits when the queue is empty. On a closing queue it
+// writes the end last and stays marked as running, so that no other writer
+// starts.
+func (q *Queue) writeLoop() {
+	defer q.writers.Done()
+	for {
+		batch, closing := q.Take()
+		if batch == nil {
+			if closing {
+				q.sink.WriteEnd()
+				return
+			}
+			q.mu.Lock()
+			if len(q.frames) > 0 || q.closing { // raced with Enqueue or Close
+				q.mu.Unlock()
+				continue
+			}
+			q.writing = false
+			q.mu.Unlock()
+			return
+		}
+		err := q.sink.WriteBatch(batch)
+		q.Recycle(batch)
+		if err != nil {
+			q.sink.WriteFailed(err)
+		}
+	}
+}
+
+// Bounds returns the queue's limits: frames and bytes.
+func (q *Queue) Bounds() (frames, bytes int) { return q.maxFrames, q.maxBytes }

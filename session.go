@@ -1,0 +1,146 @@
+package pubsub
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/roomcast/pubsub/internal/fanout"
+	"github.com/roomcast/pubsub/internal/presence"
+	"github.com/roomcast/pubsub/internal/protocol"
+	"github.com/roomcast/pubsub/internal/wire"
+)
+
+// session is a connection as the client-frame protocol sees it
+// (internal/protocol): the operations a client may ask for, authorized by
+// the host's hooks, in the broker's errors. yield hands "send" frames to
+// the host's Messages loop (nil: the endpoint takes none).
+type session struct {
+	c     *Conn
+	yield func([]byte) bool
+}
+
+var _ protocol.Session = session{}
+
+func (s session) Reply(f *wire.Frame) { s.c.reply(f) }
+
+func (s session) Subscribe(room, lastID string, watch bool, ref json.RawMessage) error {
+	c := s.c
+	if err := c.authorize(c.b.cfg.authSubscribe, "subscribe", room); err != nil {
+		return err
+	}
+	var pos uint64
+	if _, ok := c.b.hist.Rule(room); ok && lastID != "" {
+		var err error
+		if pos, err = parsePosition(lastID); err != nil {
+			return err
+		}
+	}
+	t, added, err := c.joinRoom(room, wire.Reply("subscribed", room, "", ref), pos > 0)
+	if added && pos > 0 {
+		c.startResume(map[*fanout.Topic]string{t: room}, pos, ref)
+	}
+	if err == nil && watch {
+		err = c.watch(room)
+	}
+	switch {
+	case err == nil, errors.Is(err, ErrClosed):
+		return nil
+	case errors.Is(err, ErrTooManyRooms):
+		return &protocol.Refusal{Code: protocol.TooManyRooms, Message: fmt.Sprintf("at most %d rooms per connection", c.b.cfg.maxRooms)}
+	case errors.As(err, new(*protocol.Refusal)):
+		return err
+	}
+	c.b.log.Error("pubsub: subscribe", "room", room, "err", err)
+	return err
+}
+
+func (s session) Unsubscribe(room string, ref json.RawMessage) error {
+	s.c.leaveRoom(room, wire.Reply("unsubscribed", room, "", ref))
+	return nil
+}
+
+func (s session) Publish(room string, data []byte) (string, error) {
+	c := s.c
+	if c.b.cfg.authPublish == nil {
+		return "", &protocol.Refusal{Code: protocol.Forbidden, Message: "client publish is disabled"}
+	}
+	if err := c.authorize(c.b.cfg.authPublish, "publish", room); err != nil {
+		return "", err
+	}
+	ack, err := c.b.publishRoom(c.ctx, room, c.user, data)
+	if err != nil && protocol.Code(err) == protocol.Internal {
+		c.b.log.Error("pubsub: client publish", "room", room, "err", err)
+	}
+	return ack.ID, err
+}
+
+func (s session) History(room string, limit int) ([]wire.Stored, error) {
+	c := s.c
+	if err := c.authorize(c.b.cfg.authSubscribe, "history", room); err != nil {
+		return nil, err
+	}
+	msgs, err := c.b.History(c.ctx, room, limit)
+	if err != nil {
+		if protocol.Code(err) == protocol.Internal {
+			c.b.log.Error("pubsub: history", "room", room, "err", err)
+		}
+		return nil, err
+	}
+	stored := make([]wire.Stored, len(msgs))
+	for i, m := range msgs {
+		stored[i] = wire.Stored{ID: m.ID, From: m.From, Data: m.Data, Time: m.Time}
+	}
+	return stored, nil
+}
+
+func (s session) Presence(room, after string, limit int) (wire.PresencePage, error) {
+	c := s.c
+	if err := c.authorize(c.b.cfg.authSubscribe, "presence", room); err != nil {
+		return wire.PresencePage{}, err
+	}
+	pg, err := c.b.presencePage(c.ctx, room, after, limit)
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrTooManyRooms):
+		err = &protocol.Refusal{Code: protocol.TooManyRooms, Message: "presence is not available for more rooms now"}
+	case !errors.Is(err, ErrClosed):
+		c.b.log.Error("pubsub: presence", "room", room, "err", err)
+	}
+	return pg, err
+}
+
+func (s session) Send(data []byte) (accepted, more bool) {
+	if s.yield == nil {
+		return false, true
+	}
+	return true, s.yield(data)
+}
+
+// watch makes the connection receive room's presence frame and events.
+func (c *Conn) watch(room string) error {
+	err := c.b.pres.Watch(c.ctx, watcher{c}, room, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return !c.closing && c.rooms[room] != nil
+	})
+	switch {
+	case errors.Is(err, presence.ErrClosed):
+		return ErrClosed
+	case errors.Is(err, presence.ErrTooManyRooms):
+		return &protocol.Refusal{Code: protocol.TooManyRooms, Message: "presence is not available for more rooms now"}
+	}
+	return err
+}
+
+// authorize runs hook (nil allows everything) and logs a denial.
+func (c *Conn) authorize(hook AuthorizeFunc, action, room string) error {
+	if hook == nil {
+		return nil
+	}
+	if err := hook(c.ctx, c.user, room); err != nil {
+		c.b.log.Debug("pubsub: denied", "action", action, "room", room, "user", c.user, "err", err)
+		return fmt.Errorf("%w: %v", ErrForbidden, err)
+	}
+	return nil
+}
