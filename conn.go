@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"iter"
+	"slices"
 	"sync"
 	"time"
 
@@ -33,15 +34,18 @@ const (
 // and its transport is a WebSocket (handler.go) or an event stream
 // (sse.go).
 type Conn struct {
+	// First, and inline: every delivery goes through the gate into the
+	// queue, and one object per connection keeps the fan-out in cache.
+	gate history.Gate
+	out  fanout.Queue
+
 	b         *Broker
 	id        string
 	user      string
 	ctx       context.Context
 	cancel    context.CancelFunc
-	ws        *wsConn    // nil for SSE
-	sse       *sseStream // nil for WebSocket
-	out       *fanout.Queue
-	gate      *history.Gate
+	ws        *wsConn     // nil for SSE
+	sse       *sseStream  // nil for WebSocket
 	keepalive *time.Timer // of a WebSocket or a hijacked SSE stream
 
 	mu          sync.Mutex // the lifecycle and the rooms
@@ -74,8 +78,8 @@ func (b *Broker) newConn(ctx context.Context, user string) *Conn {
 // attach gives the connection its queue, written through sink (nil: by
 // the goroutine that drives it).
 func (c *Conn) attach(sink fanout.Sink) {
-	c.out = fanout.NewQueue(c.b.cfg.queueMessages, c.b.cfg.queueBytes, sink)
-	c.gate = history.NewGate(c.out)
+	c.out.Init(c.b.cfg.queueMessages, c.b.cfg.queueBytes, sink, c.b.stats)
+	c.gate.Init(&c.out)
 }
 
 // ID returns the connection's id, unique across instances; pass it to
@@ -148,6 +152,11 @@ func (c *Conn) Send(ctx context.Context, data []byte) error {
 	if err != nil {
 		return err
 	}
+	return c.send(data)
+}
+
+// send queues data, valid compact JSON of any size, as Send does.
+func (c *Conn) send(data []byte) error {
 	f := wire.MessageFrame(wire.KindConn, "", wire.Envelope{ID: c.b.nextMessageID(), Data: data})
 	if c.out.Closing() {
 		return ErrClosed
@@ -249,11 +258,11 @@ func (c *Conn) closeInfo() (code int, reason string) {
 // closeWith starts closing the connection, once: it leaves every topic so
 // nothing more is queued, and has the writer send code and reason after
 // the queued frames (drain) or at once. err becomes Conn.Err.
-func (c *Conn) closeWith(code int, reason string, err error, drain bool) {
+func (c *Conn) closeWith(code int, reason string, err error, drain bool) (closed bool) {
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	c.closing = true
 	c.closeCode, c.closeReason, c.err = code, reason, err
@@ -279,11 +288,26 @@ func (c *Conn) closeWith(code int, reason string, err error, drain bool) {
 		c.removeFrom(ut)
 	}
 	c.b.unregister(c)
+	return true
 }
 
 func (c *Conn) closeSlow() {
-	c.b.log.Info("pubsub: closing slow consumer", "conn", c.id, "user", c.user)
-	c.closeWith(CloseSlowConsumer, "slow consumer", ErrSlowConsumer, false)
+	rooms := c.Rooms()
+	queued, _ := c.out.Len()
+	if !c.closeWith(CloseSlowConsumer, "slow consumer", ErrSlowConsumer, false) {
+		return // closed already, for this or another reason
+	}
+	c.b.stats.SlowConsumer()
+	if ok, suppressed := c.b.logNoisy.Allow("slow-consumer"); ok {
+		slices.Sort(rooms)
+		if len(rooms) > 10 {
+			rooms = append(rooms[:10], fmt.Sprintf("and %d more", len(rooms)-10))
+		}
+		limit, _ := c.out.Bounds()
+		c.b.log.Warn("pubsub: closed a slow consumer (4001): its send queue overflowed; it reconnects and resumes where rooms keep history",
+			"conn", c.id, "user", c.user, "transport", c.Transport(), "rooms", rooms, "queued", queued, "queue_limit", limit,
+			"suppressed", suppressed)
+	}
 }
 
 // abort closes the transport at once, unblocking any write in progress.

@@ -1,6 +1,8 @@
 package pubsub
 
 import (
+	"errors"
+
 	"github.com/roomcast/pubsub/embedded"
 	"github.com/roomcast/pubsub/internal/subject"
 )
@@ -54,3 +56,15 @@ func Crash(b *Broker) {
 // FlushNATS waits until the NATS server has processed everything the
 // broker sent it (subscriptions, unsubscriptions).
 func FlushNATS(b *Broker) error { return b.nc.Flush() }
+
+// MissLive runs meanwhile while this instance does not receive room's live
+// messages (its subscription is dropped, as when a route reconnects): the
+// next one it receives shows the gap, which the fan-out repairs from
+// history.
+func MissLive(b *Broker, room string, meanwhile func()) error {
+	t := b.fan.Lookup(b.roomSubject(room))
+	if t == nil {
+		return errors.New("no local subscriber in " + room)
+	}
+	return b.fan.Resubscribe(t, meanwhile)
+}

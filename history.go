@@ -48,7 +48,11 @@ func (b *Broker) PublishAck(ctx context.Context, room string, data []byte) (Ack,
 	if err := subject.ValidRoom(room); err != nil {
 		return Ack{}, fmt.Errorf("%w %q: %v", ErrInvalidRoom, truncate(room), err)
 	}
-	return b.publishRoom(ctx, room, "", data)
+	ack, err := b.publishRoom(ctx, room, "", data)
+	if err == nil {
+		b.stats.Published(false)
+	}
+	return ack, err
 }
 
 // publishRoom publishes to a validated room: stored first for a room with

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/roomcast/pubsub/internal/stack"
+	"github.com/roomcast/pubsub/internal/stats"
 )
 
 // misconfiguredEvery bounds how often one cause is logged: a page that
@@ -36,6 +37,7 @@ var errRequestDeadline = errors.New("pubsub: a middleware's request deadline end
 // returns the error for Accept's caller. The log names the host's types;
 // the response body never does.
 func (b *Broker) logMisconfigured(r *http.Request, transport string, chain stack.Chain, cause, fix string) error {
+	b.stats.Deny(stats.DeniedMisconfigured)
 	if ok, suppressed := b.logLimit.Allow("stack:" + transport + ":" + chain.String()); ok {
 		b.log.Error("pubsub: "+transport+" cannot work behind the middleware on this path",
 			"path", r.URL.Path, "cause", cause, "fix", fix, "writers", chain.String(), "suppressed", suppressed)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,6 +31,7 @@ type config struct {
 	logger          *slog.Logger
 	nc              *nats.Conn
 	natsURL         string
+	natsURLSet      bool // an empty URL is an error, not the embedded default
 	natsOpts        []nats.Option
 	embedded        embedded.Options
 	namespace       string
@@ -49,6 +51,7 @@ type config struct {
 	historyReplicas int
 	jsDomain        string
 	holdRequests    bool
+	noStats         bool
 }
 
 // Defaults, documented on the options that change them.
@@ -70,6 +73,9 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l }
 // WithNATSConn runs the broker on an existing NATS connection instead of an
 // embedded server: the scale-out path, where every instance of the app
 // connects to the same NATS cluster. The broker does not close nc.
+//
+// The connection's handlers stay the host's: the broker then does not log
+// its disconnects, reconnects and slow-consumer drops itself.
 func WithNATSConn(nc *nats.Conn) Option { return func(c *config) { c.nc = nc } }
 
 // WithNATSURL makes the broker connect to the NATS server(s) at url (a
@@ -77,7 +83,7 @@ func WithNATSConn(nc *nats.Conn) Option { return func(c *config) { c.nc = nc } }
 // opts are passed to nats.Connect after the broker's own (which reconnect
 // forever). The broker closes this connection on Close.
 func WithNATSURL(url string, opts ...nats.Option) Option {
-	return func(c *config) { c.natsURL, c.natsOpts = url, opts }
+	return func(c *config) { c.natsURL, c.natsOpts, c.natsURLSet = url, opts, true }
 }
 
 // WithEmbedded configures the embedded NATS server (ignored when
@@ -147,6 +153,12 @@ func WithKeepAlive(interval, timeout time.Duration) Option {
 // (README, "Works with").
 func WithHoldRequests() Option { return func(c *config) { c.holdRequests = true } }
 
+// WithoutStats stops the broker counting what it does (Stats then has its
+// gauges only, and pubsubprom exports those). Counting costs a few atomic
+// additions per message and per socket write, never per delivery: measured
+// within noise of nothing (BENCHMARKS.md); this exists for the measurement.
+func WithoutStats() Option { return func(c *config) { c.noStats = true } }
+
 // WithMaxRooms bounds the rooms one connection may be in. Default 256.
 func WithMaxRooms(n int) Option { return func(c *config) { c.maxRooms = n } }
 
@@ -215,6 +227,9 @@ func (cfg *config) validate() error {
 	if cfg.maxMessage <= 0 || cfg.queueMessages <= 0 || cfg.queueBytes <= 0 || cfg.writeTimeout <= 0 ||
 		cfg.keepAlive <= 0 || cfg.pongTimeout <= 0 || cfg.maxRooms <= 0 {
 		return errors.New("pubsub: sizes, limits and durations in options must be positive")
+	}
+	if cfg.natsURLSet && strings.TrimSpace(cfg.natsURL) == "" {
+		return errors.New("pubsub: WithNATSURL was given an empty URL (an unset environment variable?); leave the option out to run the embedded server")
 	}
 	if cfg.jsDomain != "" && subject.ValidNamespace(cfg.jsDomain) != nil {
 		return fmt.Errorf("pubsub: JetStream domain %q must be 1-32 characters of [A-Za-z0-9_-]", truncate(cfg.jsDomain))

@@ -38,6 +38,7 @@ import (
 	"github.com/roomcast/pubsub/internal/history"
 	"github.com/roomcast/pubsub/internal/lograte"
 	"github.com/roomcast/pubsub/internal/presence"
+	"github.com/roomcast/pubsub/internal/stats"
 	"github.com/roomcast/pubsub/internal/subject"
 	"github.com/roomcast/pubsub/internal/wire"
 )
@@ -60,7 +61,11 @@ type Broker struct {
 	fan      *fanout.Engine
 	hist     *history.Store // nil without history
 	pres     *presence.Tracker
-	logLimit *lograte.Limiter // repeated causes (a misconfigured path) log once a minute
+	stats    *stats.Set         // nil with WithoutStats
+	statsSub *nats.Subscription // answers ClusterStats
+	logLimit *lograte.Limiter   // repeated causes (a misconfigured path) log once a minute
+	logNoisy *lograte.Limiter   // events that come in bursts (slow consumers, refused requests) once in 10 s
+	ready    readiness          // Ready's cached answer
 
 	msgSeq  atomic.Uint64
 	connSeq atomic.Uint64
@@ -92,6 +97,10 @@ func New(opts ...Option) (*Broker, error) {
 		conns:    make(map[string]*Conn),
 		shutdown: make(chan struct{}),
 		logLimit: lograte.New(misconfiguredEvery),
+		logNoisy: lograte.New(10 * time.Second),
+	}
+	if !cfg.noStats {
+		b.stats = stats.NewSet()
 	}
 	if err := b.connect(); err != nil {
 		b.teardownNATS()
@@ -107,12 +116,15 @@ func (b *Broker) connect() error {
 	cfg := b.cfg
 	natsOpts := []nats.Option{
 		nats.Name("roomcast-" + b.instance),
-		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
-			subj := ""
-			if s != nil {
-				subj = s.Subject
+		nats.ErrorHandler(b.natsError),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if b.isClosing() {
+				return // our own Close
 			}
-			b.log.Error("pubsub: nats error", "subject", subj, "err", err)
+			b.log.Warn("pubsub: NATS connection lost; reconnecting (live delivery pauses, history rooms resume from the store)", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			b.log.Warn("pubsub: NATS connection back", "server", nc.ConnectedUrlRedacted())
 		}),
 	}
 	var err error
@@ -152,6 +164,7 @@ func (b *Broker) connect() error {
 		b.hist, err = history.Open(history.Config{
 			NC: b.nc, Log: b.log, Subjects: b.subjects, Namespace: cfg.namespace, Rules: cfg.history,
 			File: !ownStore || cfg.storeDir != "", Replicas: cfg.historyReplicas, Domain: cfg.jsDomain,
+			Stats: b.stats,
 		})
 		if err != nil {
 			return err
@@ -159,12 +172,15 @@ func (b *Broker) connect() error {
 	}
 	fc := fanout.Config{
 		NC: b.nc, Log: b.log, DirectSubject: b.subjects.ConnWildcard(b.instance), Direct: b.deliverToConn,
-		SubscribeTimeout: cfg.writeTimeout,
+		SubscribeTimeout: cfg.writeTimeout, Stats: b.stats,
 	}
 	if b.hist != nil {
 		fc.Store = b.hist
 	}
 	if b.fan, err = fanout.New(fc); err != nil {
+		return err
+	}
+	if b.statsSub, err = b.nc.Subscribe(b.subjects.Stats(), b.answerStats); err != nil {
 		return err
 	}
 	if err = b.nc.FlushTimeout(10 * time.Second); err != nil {
@@ -175,6 +191,24 @@ func (b *Broker) connect() error {
 		Timeout: cfg.presenceTimeout, FlushTimeout: cfg.writeTimeout,
 	})
 	return b.pres.Start()
+}
+
+// natsError logs what the NATS connection reports: a slow consumer (this
+// instance cannot keep up with what NATS sends it, and NATS drops
+// messages) at Warn, anything else at Error; a burst once in 10 s.
+func (b *Broker) natsError(_ *nats.Conn, sub *nats.Subscription, err error) {
+	subj := ""
+	if sub != nil {
+		subj = sub.Subject
+	}
+	ok, suppressed := b.logNoisy.Allow("nats:" + err.Error())
+	switch {
+	case !ok:
+	case errors.Is(err, nats.ErrSlowConsumer):
+		b.log.Warn("pubsub: NATS is dropping messages for this instance: it cannot keep up (slow consumer)", "subject", subj, "suppressed", suppressed)
+	default:
+		b.log.Error("pubsub: NATS error", "subject", subj, "err", err, "suppressed", suppressed)
+	}
 }
 
 // Publish sends data, one JSON value, to every connection in room, on every
@@ -193,6 +227,9 @@ func (b *Broker) SendToUser(ctx context.Context, user string, data []byte) error
 		return fmt.Errorf("%w %q: %v", ErrInvalidUser, truncate(user), err)
 	}
 	_, err := b.send(ctx, b.subjects.User(user), "", data)
+	if err == nil {
+		b.stats.Published(false)
+	}
 	return err
 }
 
@@ -204,6 +241,9 @@ func (b *Broker) SendToConn(ctx context.Context, connID string, data []byte) err
 		return fmt.Errorf("%w %q", ErrInvalidConnID, truncate(connID))
 	}
 	_, err := b.send(ctx, b.subjects.Conn(connID), "", data)
+	if err == nil {
+		b.stats.Published(false)
+	}
 	return err
 }
 
@@ -248,7 +288,11 @@ func (b *Broker) deliverToConn(counter string, f *wire.Frame) {
 	b.mu.RLock()
 	c := b.conns[subject.ConnID(b.instance, counter)]
 	b.mu.RUnlock()
-	if c != nil && !c.out.Enqueue(f) {
+	switch {
+	case c == nil:
+	case c.out.Enqueue(f):
+		b.stats.Delivered(1)
+	default:
 		c.closeSlow()
 	}
 }
@@ -262,6 +306,7 @@ func (b *Broker) register(c *Conn) error {
 	}
 	b.conns[c.id] = c
 	b.connsWG.Add(1)
+	b.stats.Connected(c.ws != nil, 1)
 	return nil
 }
 
@@ -273,8 +318,12 @@ func (b *Broker) isClosing() bool {
 
 func (b *Broker) unregister(c *Conn) {
 	b.mu.Lock()
+	_, ok := b.conns[c.id]
 	delete(b.conns, c.id)
 	b.mu.Unlock()
+	if ok {
+		b.stats.Connected(c.ws != nil, -1)
+	}
 }
 
 // Shutdown stops accepting connections, asks every WebSocket client to
@@ -346,6 +395,9 @@ func (b *Broker) teardownNATS() {
 	if b.nc != nil {
 		if b.pres != nil {
 			b.pres.Unsubscribe()
+		}
+		if b.statsSub != nil {
+			_ = b.statsSub.Unsubscribe()
 		}
 		if b.fan != nil {
 			b.fan.Stop()

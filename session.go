@@ -8,6 +8,7 @@ import (
 	"github.com/roomcast/pubsub/internal/fanout"
 	"github.com/roomcast/pubsub/internal/presence"
 	"github.com/roomcast/pubsub/internal/protocol"
+	"github.com/roomcast/pubsub/internal/stats"
 	"github.com/roomcast/pubsub/internal/wire"
 )
 
@@ -63,13 +64,17 @@ func (s session) Unsubscribe(room string, ref json.RawMessage) error {
 func (s session) Publish(room string, data []byte) (string, error) {
 	c := s.c
 	if c.b.cfg.authPublish == nil {
+		c.b.stats.Deny(stats.DeniedPublish)
 		return "", &protocol.Refusal{Code: protocol.Forbidden, Message: "client publish is disabled"}
 	}
 	if err := c.authorize(c.b.cfg.authPublish, "publish", room); err != nil {
 		return "", err
 	}
 	ack, err := c.b.publishRoom(c.ctx, room, c.user, data)
-	if err != nil && protocol.Code(err) == protocol.Internal {
+	switch {
+	case err == nil:
+		c.b.stats.Published(true)
+	case protocol.Code(err) == protocol.Internal:
 		c.b.log.Error("pubsub: client publish", "room", room, "err", err)
 	}
 	return ack.ID, err
@@ -140,7 +145,21 @@ func (c *Conn) authorize(hook AuthorizeFunc, action, room string) error {
 	}
 	if err := hook(c.ctx, c.user, room); err != nil {
 		c.b.log.Debug("pubsub: denied", "action", action, "room", room, "user", c.user, "err", err)
+		c.b.stats.Deny(denialOf(action))
 		return fmt.Errorf("%w: %v", ErrForbidden, err)
 	}
 	return nil
+}
+
+// denialOf is an authorized action's count in Stats.Denied.
+func denialOf(action string) int {
+	switch action {
+	case "publish":
+		return stats.DeniedPublish
+	case "history":
+		return stats.DeniedHistory
+	case "presence":
+		return stats.DeniedPresence
+	}
+	return stats.DeniedSubscribe
 }

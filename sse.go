@@ -62,15 +62,14 @@ var sseHeaders = http.Header{
 
 func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.Context, user string, rooms []string, detached bool) (*Conn, error) {
 	if !b.originAllowed(r) {
-		http.Error(w, "origin not allowed", http.StatusForbidden)
-		return nil, fmt.Errorf("%w: origin %q", ErrForbidden, truncate(r.Header.Get("Origin")))
+		return nil, b.refuseOrigin(w, r)
 	}
 	chain := stack.Inspect(w)
 	if !sseWorks(chain, r, detached) {
 		return nil, b.refuseStack(w, r, "SSE", chain)
 	}
 	c := b.newConn(ctx, user)
-	if err := c.refuseRooms(w, rooms); err != nil {
+	if err := c.refuseRooms(w, r, rooms); err != nil {
 		return nil, err
 	}
 	// The resume cursor: the browser's Last-Event-ID on its own reconnects,
@@ -79,6 +78,7 @@ func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.C
 	if id := cmp.Or(r.Header.Get("Last-Event-ID"), r.URL.Query().Get("last_event_id")); id != "" && b.hist != nil {
 		var err error
 		if pos, err = parsePosition(id); err != nil {
+			b.logRefused(r, "an event stream with an invalid resume position: "+err.Error())
 			w.Header().Set("Roomcast-Error", "invalid_id")
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return nil, err
@@ -242,15 +242,19 @@ func (s *sseStream) write(c *Conn, frames ...*wire.Frame) error {
 	if cap(buf) <= 2*maxBatchBytes {
 		*bp = buf[:0]
 	}
+	var err error
 	if s.conn != nil {
-		_, err := s.conn.Write(buf)
-		return err
+		_, err = s.conn.Write(buf)
+	} else {
+		_ = s.rc.SetWriteDeadline(time.Now().Add(c.b.cfg.writeTimeout))
+		if _, err = s.w.Write(buf); err == nil {
+			err = s.rc.Flush()
+		}
 	}
-	_ = s.rc.SetWriteDeadline(time.Now().Add(c.b.cfg.writeTimeout))
-	if _, err := s.w.Write(buf); err != nil {
-		return err
+	if err == nil && (len(frames) > 1 || frames[0] != keepAliveFrame) {
+		c.b.stats.Wrote(len(buf), len(frames), born(frames))
 	}
-	return s.rc.Flush()
+	return err
 }
 
 // abort makes a write in progress fail now.
@@ -345,7 +349,7 @@ func (s *sseStream) keepAlive(c *Conn) bool {
 // may not subscribe to, naming it in the headers Roomcast-Error (the error
 // code) and Roomcast-Room (URL-escaped): a client that only sees its
 // EventSource fail can ask with HEAD and learn which room to drop.
-func (c *Conn) refuseRooms(w http.ResponseWriter, rooms []string) error {
+func (c *Conn) refuseRooms(w http.ResponseWriter, r *http.Request, rooms []string) error {
 	for _, room := range rooms {
 		status, code, msg := 0, "", ""
 		err := subject.ValidRoom(room)
@@ -356,6 +360,7 @@ func (c *Conn) refuseRooms(w http.ResponseWriter, rooms []string) error {
 			status, code, msg = http.StatusForbidden, "forbidden", fmt.Sprintf("not allowed to subscribe to %q", room)
 		}
 		if err != nil {
+			c.b.logRefused(r, "an event stream for a room it may not have ("+code+"): "+msg)
 			w.Header().Set("Roomcast-Error", code)
 			w.Header().Set("Roomcast-Room", url.QueryEscape(truncate(room)))
 			http.Error(w, msg, status)

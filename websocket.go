@@ -20,6 +20,9 @@ import (
 )
 
 func (b *Broker) acceptWebSocket(w http.ResponseWriter, r *http.Request, ctx context.Context, user string, rooms []string) (*Conn, error) {
+	if !b.originAllowed(r) {
+		return nil, b.refuseOrigin(w, r)
+	}
 	chain := stack.Inspect(w)
 	if !chain.CanHijack {
 		return nil, b.refuseStack(w, r, "WebSocket", chain)
@@ -34,7 +37,8 @@ func (b *Broker) acceptWebSocket(w http.ResponseWriter, r *http.Request, ctx con
 			cause, fix := chain.HijackFailed(hj.hijackErr)
 			return nil, b.logMisconfigured(r, "WebSocket", chain, cause, fix)
 		}
-		return nil, err // Accept wrote the response (403 for a foreign origin)
+		b.logRefused(r, "a WebSocket handshake that failed: "+err.Error())
+		return nil, err // Accept wrote the response
 	}
 	ws.SetReadLimit(int64(b.cfg.maxMessage))
 	c := b.newConn(ctx, user)
@@ -274,25 +278,41 @@ func (w *wsConn) WriteBatch(batch []*wire.Frame) error {
 	_ = w.netConn.SetWriteDeadline(time.Now().Add(w.c.b.cfg.writeTimeout))
 	defer w.netConn.SetWriteDeadline(time.Time{})
 	w.fw.hold()
-	err := w.writeFrames(ctx, batch)
+	n, err := w.writeFrames(ctx, batch)
 	if ferr := w.fw.release(); err == nil {
 		err = ferr
+	}
+	if err == nil {
+		w.c.b.stats.Wrote(n, len(batch), born(batch))
 	}
 	return err
 }
 
-func (w *wsConn) writeFrames(ctx context.Context, batch []*wire.Frame) error {
+// born is when the batch's oldest message was fanned out (0: none was).
+func born(batch []*wire.Frame) int64 {
+	for _, f := range batch {
+		if f.Born != 0 {
+			return f.Born
+		}
+	}
+	return 0
+}
+
+// writeFrames writes the batch and returns the payload bytes written.
+func (w *wsConn) writeFrames(ctx context.Context, batch []*wire.Frame) (int, error) {
 	if len(batch) == 1 {
-		return w.ws.Write(ctx, websocket.MessageText, batch[0].JSON)
+		return len(batch[0].JSON), w.ws.Write(ctx, websocket.MessageText, batch[0].JSON)
 	}
 	bp := batchPool.Get().(*[]byte)
 	defer batchPool.Put(bp)
 	buf := (*bp)[:0]
+	n := 0
 	for _, f := range batch {
 		if len(buf) > 0 && len(buf)+1+len(f.JSON) > maxBatchBytes {
 			if err := w.ws.Write(ctx, websocket.MessageText, buf); err != nil {
-				return err
+				return n, err
 			}
+			n += len(buf)
 			buf = buf[:0]
 		}
 		if len(buf) > 0 {
@@ -301,8 +321,9 @@ func (w *wsConn) writeFrames(ctx context.Context, batch []*wire.Frame) error {
 		buf = append(buf, f.JSON...)
 	}
 	err := w.ws.Write(ctx, websocket.MessageText, buf)
+	n += len(buf)
 	if cap(buf) <= 2*maxBatchBytes { // an oversized single frame grew it: drop it
 		*bp = buf[:0]
 	}
-	return err
+	return n, err
 }

@@ -174,6 +174,23 @@ func TestClusterExample(t *testing.T) {
 		b.waitFor("live", `live.state === "open" && document.querySelector("#live-instance").textContent.startsWith("node")`)
 		b.waitFor("both present", `document.querySelector("#count").textContent === "2"`)
 	}
+	for _, u := range urls {
+		resp, err := http.Get(u + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s/healthz: %d", u, resp.StatusCode)
+		}
+	}
+	// The ops page of one instance shows the whole cluster.
+	ops := newTab(t)
+	ops.open(urls[0] + "/admin")
+	instances := func(n int) string {
+		return `[...document.querySelectorAll("#kpis .kpi")].some(k => k.querySelector("span").textContent === "instances" && k.querySelector("b").textContent === "` + strconv.Itoa(n) + `")`
+	}
+	ops.waitFor("three instances", instances(3))
 	var where string
 	bob.eval(`document.querySelector("#live-instance").textContent`, &where)
 	if where != "node1" {
@@ -211,6 +228,8 @@ func TestClusterExample(t *testing.T) {
 	}
 	// Alice sees bob still there; node1's entries expire with its heartbeats.
 	alice.waitFor("bob, once", `document.querySelector("#count").textContent === "2" && document.querySelector("#members").innerText.split("\n").includes("bob")`)
+	ops.waitFor("two instances", instances(2))
 	alice.screenshot("cluster-alice")
 	bob.screenshot("cluster-bob")
+	ops.screenshot("cluster-admin")
 }

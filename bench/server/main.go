@@ -48,7 +48,7 @@ type impl interface {
 }
 
 func main() {
-	name := flag.String("impl", "roomcast", "roomcast, roomcast-held (WithHoldRequests), gorilla or melody")
+	name := flag.String("impl", "roomcast", "roomcast, roomcast-held (WithHoldRequests), roomcast-nostats (WithoutStats), gorilla or melody")
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	var cl clusterFlags
 	flag.StringVar(&cl.name, "name", "", "roomcast: NATS server name in the cluster")
@@ -63,6 +63,8 @@ func main() {
 		im = newRoomcast(cl)
 	case "roomcast-held":
 		im = newRoomcast(cl, pubsub.WithHoldRequests())
+	case "roomcast-nostats":
+		im = newRoomcast(cl, pubsub.WithoutStats())
 	case "gorilla":
 		im = newGorilla()
 	case "melody":

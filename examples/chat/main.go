@@ -21,6 +21,7 @@ import (
 	"github.com/roomcast/pubsub"
 	"github.com/roomcast/pubsub/examples/internal/demoapp"
 	"github.com/roomcast/pubsub/examples/internal/demoauth"
+	"github.com/roomcast/pubsub/pubsubprom"
 )
 
 //go:embed index.html
@@ -78,10 +79,32 @@ func newApp(ps *pubsub.Broker, auth *demoauth.Sessions) http.Handler {
 		writeJSON(w, http.StatusAccepted, map[string]string{"status": "sent"})
 	})
 	mux.Handle("/api/", auth.RequireLogin(api))
+	mountOps(mux, ps, auth)
 	// Connections need a login; the browser client is a public static file.
 	mux.Handle("/live", auth.RequireLogin(ps.Handler()))
 	mux.Handle("GET /live/client.js", ps.Handler())
 	return mux
+}
+
+// mountOps adds what an operator uses, each a line of Go API: the live ops
+// page, Prometheus metrics, this instance's stats as JSON and who is in a
+// room, behind the app's own operator check, and the health probe.
+func mountOps(mux *http.ServeMux, ps *pubsub.Broker, auth *demoauth.Sessions) {
+	op := auth.RequireOperator
+	mux.Handle("GET /admin", op(ps.AdminHandler()))
+	mux.Handle("GET /metrics", op(pubsubprom.Handler(ps)))
+	mux.Handle("GET /healthz", ps.ReadyHandler())
+	mux.Handle("GET /api/stats", op(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, ps.Stats())
+	})))
+	mux.Handle("GET /api/rooms/{room}/users", op(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, err := ps.Presence(r.Context(), r.PathValue("room"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, p)
+	})))
 }
 
 type chatMessage struct {

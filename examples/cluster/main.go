@@ -37,6 +37,7 @@ import (
 	"github.com/roomcast/pubsub/embedded"
 	"github.com/roomcast/pubsub/examples/internal/demoapp"
 	"github.com/roomcast/pubsub/examples/internal/demoauth"
+	"github.com/roomcast/pubsub/pubsubprom"
 )
 
 //go:embed index.html
@@ -46,6 +47,7 @@ func main() {
 	node := flag.Int("node", -1, "run one instance with this number (default: start three)")
 	httpAddr := flag.String("http", "", "this instance's HTTP address (default 127.0.0.1:808<node+1>)")
 	routePort := flag.Int("route-port", 0, "this instance's NATS route port (default 622<node+2>)")
+	routeHost := flag.String("route-host", "127.0.0.1", "the address this instance's NATS routes listen on (0.0.0.0 in a container)")
 	routes := flag.String("routes", "nats-route://127.0.0.1:6222,nats-route://127.0.0.1:6223,nats-route://127.0.0.1:6224", "every node's route URL, comma-separated")
 	peers := flag.String("peers", "http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083", "every instance's public URL, for the page's links and the client's fallback list")
 	flag.Parse()
@@ -71,7 +73,7 @@ func main() {
 			Name: name,
 			// The client listener routes require: loopback only.
 			Host: "127.0.0.1", Port: -1,
-			Cluster: &embedded.Cluster{Name: "roomcast-demo", Host: "127.0.0.1", Port: *routePort, Routes: strings.Split(*routes, ",")},
+			Cluster: &embedded.Cluster{Name: "roomcast-demo", Host: *routeHost, Port: *routePort, Routes: strings.Split(*routes, ",")},
 		}),
 		pubsub.WithHistory("*", pubsub.History{Messages: 500, MaxAge: 24 * time.Hour}),
 		pubsub.WithHistoryReplicas(3),
@@ -108,6 +110,11 @@ func newApp(ps *pubsub.Broker, auth *demoauth.Sessions, name string, peers []str
 	})))
 	mux.Handle("/live", auth.RequireLogin(ps.Handler()))
 	mux.Handle("GET /live/client.js", ps.Handler())
+	// Operations: the readiness probe (Kubernetes: see k8s.yaml), and the
+	// ops page and metrics behind the app's operator check.
+	mux.Handle("GET /healthz", ps.ReadyHandler())
+	mux.Handle("GET /admin", auth.RequireOperator(ps.AdminHandler()))
+	mux.Handle("GET /metrics", auth.RequireOperator(pubsubprom.Handler(ps)))
 	return mux
 }
 

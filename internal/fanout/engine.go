@@ -27,6 +27,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/roomcast/pubsub/internal/stats"
 	"github.com/roomcast/pubsub/internal/wire"
 )
 
@@ -93,13 +94,14 @@ func (t *Topic) Members() int {
 
 // fanout delivers f to every member of t, then closes the members whose
 // queue was full. slow is scratch space, returned for reuse.
-func (t *Topic) fanout(f *wire.Frame, slow []Member) []Member {
+func (t *Topic) fanout(f *wire.Frame, slow []Member, s *stats.Set) []Member {
 	t.mu.RLock()
 	for m := range t.members {
 		if !m.Deliver(t, f) {
 			slow = append(slow, m)
 		}
 	}
+	s.Delivered(len(t.members) - len(slow))
 	t.mu.RUnlock()
 	for i, m := range slow {
 		m.Overflowed() // outside the topic lock: closing leaves topics
@@ -129,6 +131,7 @@ type Config struct {
 	// subscription.
 	SubscribeTimeout time.Duration
 	Store            Store
+	Stats            *stats.Set // nil: nothing counted
 }
 
 // Engine owns the topics of one broker and their dispatcher.
@@ -226,6 +229,19 @@ func (e *Engine) Release(t *Topic) {
 	}
 }
 
+// Rooms returns the rooms with local members, and how many.
+func (e *Engine) Rooms() []stats.Room {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	rooms := make([]stats.Room, 0, len(e.topics))
+	for _, t := range e.topics {
+		if t.Kind == wire.KindRoom {
+			rooms = append(rooms, stats.Room{Name: t.Name, Members: t.Members()})
+		}
+	}
+	return rooms
+}
+
 // Topics returns the number of subscribed topics.
 func (e *Engine) Topics() int {
 	e.mu.RLock()
@@ -283,7 +299,7 @@ func (e *Engine) dispatch() {
 		}
 		if m.Sub == e.direct {
 			if len(m.Subject) > e.prefix {
-				e.cfg.Direct(m.Subject[e.prefix:], wire.MessageFrame(wire.KindConn, "", env))
+				e.cfg.Direct(m.Subject[e.prefix:], e.frame(wire.KindConn, "", env))
 			}
 			continue
 		}
@@ -304,10 +320,20 @@ func (e *Engine) dispatch() {
 			}
 			t.lastSeq = seq // a lower one: the store was reset
 		}
-		f := wire.MessageFrame(t.Kind, t.Name, env)
+		f := e.frame(t.Kind, t.Name, env)
 		f.Stored, f.Prev = stored, prev
-		slow = t.fanout(f, slow)
+		slow = t.fanout(f, slow, e.cfg.Stats)
 	}
+}
+
+// frame builds a message's frame, once, stamped with its birth when the
+// delivery delay is counted.
+func (e *Engine) frame(kind int, name string, env wire.Envelope) *wire.Frame {
+	f := wire.MessageFrame(kind, name, env)
+	if e.cfg.Stats != nil {
+		f.Born = e.cfg.Stats.Now()
+	}
+	return f
 }
 
 // Dispatched reports whether subj's topic has received at least n messages

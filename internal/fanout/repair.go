@@ -35,9 +35,9 @@ func (e *Engine) repair(t *Topic, upto uint64, slow []Member) []Member {
 				return false
 			}
 			env.ID = strconv.FormatUint(seq, 10)
-			f := wire.MessageFrame(wire.KindRoom, t.Name, env)
+			f := e.frame(wire.KindRoom, t.Name, env)
 			f.Stored, f.Prev = true, t.lastSeq
-			slow = t.fanout(f, slow)
+			slow = t.fanout(f, slow, e.cfg.Stats)
 			t.lastSeq = seq
 			if t.repaired == nil {
 				t.repaired = make(map[uint64]struct{})
@@ -56,4 +56,32 @@ func (e *Engine) repair(t *Topic, upto uint64, slow []Member) []Member {
 	}
 	e.cfg.Log.Info("pubsub: filled a gap in a room's live messages", "room", t.Name, "upto", upto)
 	return slow
+}
+
+// Resubscribe drops t's NATS subscription, runs meanwhile (messages sent
+// then never reach this instance, as during a route's reconnect), and
+// subscribes again. It is a fault injection for tests of repair and resume.
+func (e *Engine) Resubscribe(t *Topic, meanwhile func()) error {
+	if err := t.sub.Unsubscribe(); err != nil {
+		return err
+	}
+	if err := e.cfg.NC.Flush(); err != nil {
+		return err
+	}
+	meanwhile()
+	sub, err := e.cfg.NC.ChanSubscribe(t.Subject, e.inbox)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	t.sub = sub
+	e.mu.Unlock()
+	return e.cfg.NC.Flush()
+}
+
+// Lookup returns the topic of subject, nil if none.
+func (e *Engine) Lookup(subject string) *Topic {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.topics[subject]
 }

@@ -29,6 +29,13 @@ import (
 //     room are queued, in store order, and the rooms go live. A live message
 //     is stored before it is republished, so it is replayed, held, or both
 //     (then the held copy is dropped).
+//  4. The store can be ahead of the live stream: the replay may have read
+//     messages whose live copies are still on their way to this instance
+//     (queued in NATS or in the dispatcher, or about to be repaired). So a
+//     room that goes live keeps a floor, the last position it delivered:
+//     live copies at or below it are dropped, and the first one above it
+//     removes the floor (a topic's live messages come in store order). No
+//     id reaches a connection twice.
 //
 // A hold that overflows (live traffic faster than the replay) is dropped and
 // the replay goes on from the store, for a bounded number of rounds.
@@ -53,10 +60,11 @@ const (
 // to the connection passes through Deliver.
 type Gate struct {
 	q       *fanout.Queue
-	holding atomic.Int32 // rooms held: none is the common case, and lock-free
+	holding atomic.Int32 // rooms held or floored: none is the common case, and lock-free
 
-	mu    sync.Mutex
-	rooms map[*fanout.Topic]*hold
+	mu     sync.Mutex
+	rooms  map[*fanout.Topic]*hold
+	floors map[*fanout.Topic]uint64 // rooms gone live: their last delivered position
 }
 
 // hold keeps a room's live frames during a resume. Its identity tells a
@@ -70,6 +78,9 @@ type hold struct {
 // NewGate returns the gate in front of q.
 func NewGate(q *fanout.Queue) *Gate { return &Gate{q: q} }
 
+// Init puts g, a field of its connection, in front of q.
+func (g *Gate) Init(q *fanout.Queue) { g.q = q }
+
 // Deliver queues f, fanned out from t, or holds it while t is being
 // resumed. A hold keeps at most half the queue: emptied into a queue the
 // replay keeps under half full, it always fits.
@@ -82,6 +93,13 @@ func (g *Gate) Deliver(t *fanout.Topic, f *wire.Frame) bool {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if floor, ok := g.floors[t]; ok && f.Stored {
+		if seq, _ := strconv.ParseUint(f.ID, 10, 64); seq <= floor {
+			return true // replayed already
+		}
+		delete(g.floors, t) // the live stream is past the replay
+		g.holding.Add(-1)
+	}
 	if h := g.rooms[t]; h != nil {
 		maxFrames, maxBytes := g.q.Bounds()
 		if !h.overflow && len(h.frames) < maxFrames/2 && h.bytes+len(f.JSON) <= maxBytes/2 {
@@ -107,6 +125,15 @@ func (g *Gate) Hold(t *fanout.Topic) {
 		g.holding.Add(1)
 	}
 	g.rooms[t] = &hold{}
+	g.dropFloor(t)
+}
+
+// dropFloor forgets t's floor. Call with g.mu held.
+func (g *Gate) dropFloor(t *fanout.Topic) {
+	if _, ok := g.floors[t]; ok {
+		delete(g.floors, t)
+		g.holding.Add(-1)
+	}
 }
 
 // Drop forgets t's hold: the connection left the room.
@@ -117,6 +144,7 @@ func (g *Gate) Drop(t *fanout.Topic) {
 		delete(g.rooms, t)
 		g.holding.Add(-1)
 	}
+	g.dropFloor(t)
 }
 
 // Owner is what a resume needs of its connection.
@@ -135,6 +163,7 @@ type room struct {
 	last uint64 // the client has the room up to here
 
 	leaderLast uint64 // the room's last position on the stream's leader (replicated history)
+	delivered  uint64 // the last held frame queued when the room went live
 }
 
 func (g *Gate) mine(r *room) bool { return g.rooms[r.t] == r.h }
@@ -154,6 +183,7 @@ func (g *Gate) Resume(ctx context.Context, s *Store, rooms map[*fanout.Topic]str
 	if len(bySubj) == 0 {
 		return
 	}
+	start, replayed := time.Now(), 0
 	checkGaps := func() error {
 		for _, r := range bySubj {
 			gap, head, err := s.GapAfter(ctx, r.name, r.last)
@@ -163,6 +193,7 @@ func (g *Gate) Resume(ctx context.Context, s *Store, rooms map[*fanout.Topic]str
 			if gap {
 				// Resume this room from the present; it stays in the scan,
 				// so over SSE the stream's ids never go backwards.
+				s.cfg.Stats.TruncatedRoom()
 				if !g.q.Enqueue(wire.Reply("truncated", r.name, "", ref)) {
 					o.Slow()
 				}
@@ -205,6 +236,7 @@ func (g *Gate) Resume(ctx context.Context, s *Store, rooms map[*fanout.Topic]str
 				return false
 			}
 			r.last = m.Seq
+			replayed++
 			return true
 		})
 		if stalled {
@@ -233,6 +265,7 @@ func (g *Gate) Resume(ctx context.Context, s *Store, rooms map[*fanout.Topic]str
 		}
 		done, behind := g.finish(bySubj, anyway, o)
 		if done {
+			s.cfg.Stats.Resumed(time.Since(start), replayed)
 			return
 		}
 		if behind {
@@ -283,6 +316,7 @@ func (g *Gate) finish(rooms map[string]*room, anyway bool, o Owner) (done, behin
 				}
 				first = false
 				frames = append(frames, f)
+				r.delivered = max(r.delivered, seq)
 			}
 		}
 		if first && r.leaderLast > r.last && !anyway {
@@ -293,10 +327,14 @@ func (g *Gate) finish(rooms map[string]*room, anyway bool, o Owner) (done, behin
 	slices.SortFunc(frames, func(a, b *wire.Frame) int { return compareIDs(a.ID, b.ID) })
 	ok := g.q.EnqueueAll(frames)
 	// Only now: a live frame that finds nothing held comes after these.
+	// It is dropped if the replay or the hold delivered it already.
 	for _, r := range rooms {
 		if g.mine(r) {
 			delete(g.rooms, r.t)
-			g.holding.Add(-1)
+			if g.floors == nil {
+				g.floors = make(map[*fanout.Topic]uint64)
+			}
+			g.floors[r.t] = max(r.last, r.delivered) // the room's count in holding carries over
 		}
 	}
 	g.mu.Unlock()

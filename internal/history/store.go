@@ -20,11 +20,14 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/roomcast/pubsub/internal/stats"
 	"github.com/roomcast/pubsub/internal/subject"
 	"github.com/roomcast/pubsub/internal/wire"
 )
@@ -46,6 +49,7 @@ type Config struct {
 	File      bool   // file storage (memory otherwise)
 	Replicas  int    // 1, 3 or 5
 	Domain    string // JetStream domain, "" for the local one
+	Stats     *stats.Set
 }
 
 // Limits of the history stream.
@@ -62,6 +66,10 @@ type Store struct {
 	name    string
 	maxKeep int    // the stream's per-room count limit, the largest of the rules
 	api     string // "$JS.API." or "$JS.<domain>.API."
+
+	sizeMu              sync.Mutex // one Size round trip at a time
+	sizeMsgs, sizeBytes atomic.Uint64
+	sizeAt              time.Time
 }
 
 // Message is one stored message.
@@ -311,4 +319,34 @@ func (s *Store) Read(ctx context.Context, filter string, after uint64, limit int
 			return read, err
 		}
 	}
+}
+
+// sizeEvery bounds how often Size asks JetStream: dashboards ask often.
+const sizeEvery = 5 * time.Second
+
+// Size returns the stream's messages and bytes, as JetStream said at most
+// sizeEvery ago (a round trip, bounded by ctx, when older).
+func (s *Store) Size(ctx context.Context) (msgs, bytes uint64, err error) {
+	// Another caller is asking: its answer, or the last one, will do.
+	if !s.sizeMu.TryLock() {
+		return s.sizeMsgs.Load(), s.sizeBytes.Load(), nil
+	}
+	defer s.sizeMu.Unlock()
+	if time.Since(s.sizeAt) < sizeEvery {
+		return s.sizeMsgs.Load(), s.sizeBytes.Load(), nil
+	}
+	s.sizeAt = time.Now() // a failure is not retried at once either
+	info, err := s.stream.Info(ctx)
+	if err != nil {
+		return s.sizeMsgs.Load(), s.sizeBytes.Load(), err
+	}
+	s.sizeMsgs.Store(info.State.Msgs)
+	s.sizeBytes.Store(info.State.Bytes)
+	return info.State.Msgs, info.State.Bytes, nil
+}
+
+// Ping asks JetStream for the stream: the store is reachable.
+func (s *Store) Ping(ctx context.Context) error {
+	_, err := s.stream.Info(ctx)
+	return err
 }

@@ -174,6 +174,14 @@ func (p *Tracker) beat(kind string) {
 	p.publish(p.cfg.Subjects.Instances(), &message{Kind: kind, Instance: p.cfg.Instance})
 }
 
+// Instances returns the number of instances this one knows to be alive,
+// itself included.
+func (p *Tracker) Instances() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.live)
+}
+
 // Joined and Left record a local connection of user entering or leaving
 // room. Call them in the order the connection's joins and leaves happen.
 func (p *Tracker) Joined(room, user string) { p.change(room, user, 1) }

@@ -145,4 +145,7 @@ func (s Space) Presence(room string) string {
 	return s.ns + ".pres." + enc.EncodeToString([]byte(room))
 }
 func (s Space) PresenceQuery() string { return s.ns + ".presq" }
-func (s Space) Instances() string     { return s.ns + ".presi" }
+
+// Stats is where every instance answers for its counters.
+func (s Space) Stats() string     { return s.ns + ".stats" }
+func (s Space) Instances() string { return s.ns + ".presi" }

@@ -9,11 +9,11 @@ import (
 	"github.com/roomcast/pubsub/embedded"
 )
 
-// StartNATS starts an embedded NATS server (with JetStream when asked) for
-// the test's life.
+// StartNATS starts an embedded NATS server (with JetStream when asked),
+// listening on a free loopback port, for the test's life.
 func StartNATS(tb testing.TB, jetStream bool) *embedded.Server {
 	tb.Helper()
-	srv, err := embedded.Start(embedded.Options{JetStream: jetStream})
+	srv, err := embedded.Start(embedded.Options{JetStream: jetStream, Host: "127.0.0.1", Port: -1})
 	if err != nil {
 		tb.Fatal(err)
 	}

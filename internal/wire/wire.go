@@ -85,6 +85,7 @@ type Frame struct {
 	JSON   []byte
 	Stored bool   // ID is a store position: the SSE "id:" field, a resume cursor
 	Prev   uint64 // of a stored live message: the position of the room's previous one
+	Born   int64  // when the fan-out built it (stats.Set.Now), for the delivery delay; 0 if not counted
 }
 
 // Kinds of message frames.

@@ -10,7 +10,9 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"unicode/utf8"
 
@@ -60,6 +62,12 @@ func (s *Sessions) Login(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "name must be 1 to 32 printable characters", http.StatusBadRequest)
 		return
 	}
+	// The demo has no passwords: the operator's name is only given to a
+	// browser on the machine itself.
+	if name == OperatorName && !fromThisMachine(r) {
+		http.Error(w, "the name "+OperatorName+" is for the operator, on the server's own machine", http.StatusForbidden)
+		return
+	}
 	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: s.sign(name), Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode})
 	if strings.Contains(r.Header.Get("Accept"), "application/json") {
 		w.Header().Set("Content-Type", "application/json")
@@ -96,6 +104,42 @@ func (s *Sessions) RequireLogin(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r.WithContext(pubsub.ContextWithUser(r.Context(), name)))
 	})
+}
+
+// OperatorName is the user whose session may see operator pages.
+const OperatorName = "admin"
+
+// RequireOperator guards operator endpoints (the ops page, metrics,
+// stats): a session of the user named "admin" (a name Login gives only on
+// this machine), or, for the demo's sake, a request made straight from this
+// machine (a loopback peer with no proxy header), so that curl on the host
+// works without a login. Behind a reverse proxy on the same host that sets
+// no X-Forwarded-For (nginx's default), or a sidecar, every request looks
+// local: a real app puts its own admin check here.
+func (s *Sessions) RequireOperator(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if name, ok := s.User(r); ok && name == OperatorName {
+			next.ServeHTTP(w, r.WithContext(pubsub.ContextWithUser(r.Context(), name)))
+			return
+		}
+		if fromThisMachine(r) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		http.Error(w, "operators only: log in as "+OperatorName, http.StatusForbidden)
+	})
+}
+
+func fromThisMachine(r *http.Request) bool {
+	if r.Header.Get("X-Forwarded-For") != "" || r.Header.Get("Forwarded") != "" {
+		return false
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // Mount adds /login, /logout and GET /api/me to mux.

@@ -1,0 +1,55 @@
+package pubsub_test
+
+import (
+	"testing"
+
+	. "github.com/roomcast/pubsub"
+)
+
+// The store can be ahead of the live stream: a resume replays messages
+// whose live copies reach this instance only after the room went live
+// (here: they were missed and the fan-out repairs them from history when
+// the next one shows the gap). The resumed connection gets each once; a
+// connection that was live all along gets each once too.
+func TestResumeNeverRedeliversWhatItReplayed(t *testing.T) {
+	b := resumeBroker(t)
+	srv := serve(t, b, nil)
+	live := dialWS(t, srv, dialOpts{user: "live", rooms: []string{"chat:once"}})
+	first, err := b.PublishAck(ctx, "chat:once", msg("m0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := live.next(t); f.Text() != "m0" {
+		t.Fatalf("live got %+v", f)
+	}
+	var resumed *wsClient
+	err = MissLive(b, "chat:once", func() {
+		publishNumberedAs(t, b, "chat:once", "m1", "m2", "m3")
+		resumed = dialWS(t, srv, dialOpts{user: "resumed"})
+		if f := resumed.request(t, map[string]any{"type": "subscribe", "room": "chat:once", "last_id": first.ID}); f.Type != "subscribed" {
+			t.Errorf("resume answered %+v", f)
+		}
+		for _, want := range []string{"m1", "m2", "m3"} {
+			if f := resumed.next(t); f.Text() != want {
+				t.Errorf("replay: got %+v, want %s", f, want)
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// m4 names m3 as its room's previous message: this instance repairs
+	// m1..m3 from the store for its live members.
+	publishNumberedAs(t, b, "chat:once", "m4")
+	expectOnly(t, b, resumed, "message:chat:once:m4")
+	expectOnly(t, b, live, "message:chat:once:m1", "message:chat:once:m2", "message:chat:once:m3", "message:chat:once:m4")
+}
+
+func publishNumberedAs(t *testing.T, b *Broker, room string, texts ...string) {
+	t.Helper()
+	for _, s := range texts {
+		if err := b.Publish(ctx, room, msg(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
