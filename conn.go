@@ -21,6 +21,7 @@ const (
 	CloseMessageTooBig  = 1009 // a client frame exceeded the maximum message size
 	CloseInternalError  = 1011 // the server failed; reconnect later
 	CloseServiceRestart = 1012 // the server is shutting down; reconnect
+	CloseTryAgainLater  = 1013 // a resume met a store that stayed unavailable; reconnect with backoff and resume
 	CloseIdleTimeout    = 4000 // the client did not answer a ping in time
 	CloseSlowConsumer   = 4001 // the client fell too far behind; reconnect
 )

@@ -35,6 +35,17 @@ var (
 	ErrNoHistory error = &codedError{"pubsub: room has no history", "no_history"}
 	// ErrInvalidID: a resume position is not a store position.
 	ErrInvalidID error = &codedError{"pubsub: invalid message id", "invalid_id"}
+	// ErrInvalidKey: an idempotency key is empty, longer than 64 bytes or
+	// holds spaces or control characters.
+	ErrInvalidKey error = &codedError{"pubsub: invalid idempotency key", "bad_request"}
+	// ErrOutcomeUnknown: the history store did not answer before the
+	// context ended, and the message may have been stored. Publishing it
+	// again with PublishOnce and the same key stores it at most once.
+	ErrOutcomeUnknown error = &codedError{"pubsub: publish outcome unknown (it may have been stored; publish again with the same idempotency key)", "outcome_unknown"}
+	// ErrStoreFailed: the history store refused to write (its disk is
+	// full, an I/O error): the message is not stored. Rooms without
+	// history and live delivery are not affected.
+	ErrStoreFailed error = &codedError{"pubsub: the history store cannot write", "store_failed"}
 	// ErrMisconfigured: the host's middleware hides the connection from the
 	// handler (a ResponseWriter wrapper without Unwrap, http.TimeoutHandler),
 	// so the transport cannot work on this request. The client gets a 500

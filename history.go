@@ -44,11 +44,39 @@ const MaxHistoryLimit = 1000
 // PublishAck is Publish reporting the message's id. For a room with
 // history it returns once the message is stored, so an HTTP handler can
 // tell its caller the message is durable.
+//
+// A store that does not answer in time or has no leader for a moment (an
+// election, a node restarting) is retried until ctx ends, and the retries
+// cannot store the message twice. If ctx ends while an attempt may have
+// been stored, the error is ErrOutcomeUnknown: a message published with
+// PublishOnce can be published again with the same key and is stored at
+// most once (within two minutes). A store that refuses to write (its disk
+// full) gives ErrStoreFailed at once. Rooms without history are at most
+// once.
 func (b *Broker) PublishAck(ctx context.Context, room string, data []byte) (Ack, error) {
+	return b.publishAck(ctx, room, "", data)
+}
+
+// PublishOnce is PublishAck for a message identified by key, so that
+// publishing it again (after ErrOutcomeUnknown, a timeout, a restart of the
+// caller) stores it once: in a room with history, a second publish with
+// the same room and key within two minutes is not stored and returns the
+// first one's Ack. A key is 1 to 64 printable characters without spaces
+// (ErrInvalidKey otherwise), unique per message within the room: the id of
+// the request or event that causes the publish makes a good one. Rooms
+// without history ignore the key.
+func (b *Broker) PublishOnce(ctx context.Context, room, key string, data []byte) (Ack, error) {
+	if !wire.ValidKey(key) {
+		return Ack{}, fmt.Errorf("%w %q", ErrInvalidKey, truncate(key))
+	}
+	return b.publishAck(ctx, room, "s "+room+" "+key, data)
+}
+
+func (b *Broker) publishAck(ctx context.Context, room, msgID string, data []byte) (Ack, error) {
 	if err := subject.ValidRoom(room); err != nil {
 		return Ack{}, fmt.Errorf("%w %q: %v", ErrInvalidRoom, truncate(room), err)
 	}
-	ack, err := b.publishRoom(ctx, room, "", data)
+	ack, err := b.publishRoom(ctx, room, "", msgID, data)
 	if err == nil {
 		b.stats.Published(false)
 	}
@@ -57,7 +85,9 @@ func (b *Broker) PublishAck(ctx context.Context, room string, data []byte) (Ack,
 
 // publishRoom publishes to a validated room: stored first for a room with
 // history, straight to subscribers otherwise.
-func (b *Broker) publishRoom(ctx context.Context, room, from string, data []byte) (Ack, error) {
+// msgID is the store's de-duplication id ("": one of its own, so that its
+// retries stay safe).
+func (b *Broker) publishRoom(ctx context.Context, room, from, msgID string, data []byte) (Ack, error) {
 	rule, ok := b.hist.Rule(room)
 	if !ok {
 		id, err := b.send(ctx, b.subjects.Room(room), from, data)
@@ -70,11 +100,19 @@ func (b *Broker) publishRoom(ctx context.Context, room, from string, data []byte
 	if err != nil {
 		return Ack{}, err
 	}
-	seq, err := b.hist.Publish(ctx, room, rule, wire.Envelope{From: from, Data: data})
-	if err != nil {
-		if errors.Is(err, nats.ErrConnectionClosed) {
-			return Ack{}, ErrClosed
-		}
+	if msgID == "" {
+		msgID = "g " + b.nextMessageID()
+	}
+	seq, err := b.hist.Publish(ctx, room, rule, wire.Envelope{From: from, Data: data}, msgID)
+	switch {
+	case err == nil:
+	case errors.Is(err, nats.ErrConnectionClosed):
+		return Ack{}, ErrClosed
+	case errors.Is(err, history.ErrOutcomeUnknown):
+		return Ack{}, fmt.Errorf("%w (room %q): %v", ErrOutcomeUnknown, room, err)
+	case errors.Is(err, history.ErrStoreFailed):
+		return Ack{}, fmt.Errorf("%w (room %q): %v", ErrStoreFailed, room, err)
+	default:
 		return Ack{}, fmt.Errorf("pubsub: storing: %w", err)
 	}
 	return Ack{ID: strconv.FormatUint(seq, 10), Stored: true}, nil
@@ -136,8 +174,12 @@ type resumeOwner struct{ c *Conn }
 
 func (o resumeOwner) Slow() { o.c.closeSlow() }
 func (o resumeOwner) Failed(err error) {
-	o.c.b.log.Error("pubsub: resume", "conn", o.c.id, "err", err)
-	o.c.closeWith(CloseInternalError, "resume failed", err, false)
+	b := o.c.b
+	if ok, suppressed := b.logNoisy.Allow("resume-failed"); ok {
+		b.log.Warn("pubsub: a resume could not read history in time; the client reconnects and resumes (1013)",
+			"conn", o.c.id, "user", o.c.user, "err", err, "suppressed", suppressed)
+	}
+	o.c.closeWith(CloseTryAgainLater, "history unavailable, resume again", err, false)
 }
 
 var _ history.Owner = resumeOwner{}

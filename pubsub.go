@@ -215,7 +215,8 @@ func (b *Broker) natsError(_ *nats.Conn, sub *nats.Subscription, err error) {
 // instance. For a room without history it returns once NATS has the message
 // and delivery is at most once; for a room with history (WithHistory) it
 // returns once the message is stored, and clients that reconnect get it.
-// PublishAck also reports the message's id.
+// PublishAck also reports the message's id; see it for retries, and
+// PublishOnce for a publish that is safe to repeat.
 func (b *Broker) Publish(ctx context.Context, room string, data []byte) error {
 	_, err := b.PublishAck(ctx, room, data)
 	return err

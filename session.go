@@ -61,7 +61,7 @@ func (s session) Unsubscribe(room string, ref json.RawMessage) error {
 	return nil
 }
 
-func (s session) Publish(room string, data []byte) (string, error) {
+func (s session) Publish(room, key string, data []byte) (string, error) {
 	c := s.c
 	if c.b.cfg.authPublish == nil {
 		c.b.stats.Deny(stats.DeniedPublish)
@@ -70,7 +70,11 @@ func (s session) Publish(room string, data []byte) (string, error) {
 	if err := c.authorize(c.b.cfg.authPublish, "publish", room); err != nil {
 		return "", err
 	}
-	ack, err := c.b.publishRoom(c.ctx, room, c.user, data)
+	msgID := ""
+	if key != "" { // scoped by user: one user's keys cannot suppress another's messages
+		msgID = "c " + c.user + " " + room + " " + key
+	}
+	ack, err := c.b.publishRoom(c.ctx, room, c.user, msgID, data)
 	switch {
 	case err == nil:
 		c.b.stats.Published(true)

@@ -77,7 +77,7 @@ func newStoredRoom(t *testing.T, room string) *storedRoom {
 
 func (sr *storedRoom) publish(t *testing.T, text string) {
 	t.Helper()
-	if _, err := sr.store.Publish(context.Background(), sr.t.Name, history.Rule{Messages: 100}, wire.Envelope{Data: []byte(`"` + text + `"`)}); err != nil {
+	if _, err := sr.store.Publish(context.Background(), sr.t.Name, history.Rule{Messages: 100}, wire.Envelope{Data: []byte(`"` + text + `"`)}, "t "+text); err != nil {
 		t.Fatal(err)
 	}
 }

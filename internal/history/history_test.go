@@ -41,7 +41,7 @@ func store(t *testing.T, s *history.Store, room string, texts ...string) []uint6
 	}
 	var seqs []uint64
 	for _, text := range texts {
-		seq, err := s.Publish(ctx, room, rule, wire.Envelope{From: "u", Data: []byte(`"` + text + `"`)})
+		seq, err := s.Publish(ctx, room, rule, wire.Envelope{From: "u", Data: []byte(`"` + text + `"`)}, room+" "+text)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -212,32 +212,40 @@ func (g *Gate) Resume(ctx context.Context, s *Store, rooms map[*fanout.Topic]str
 		}
 	}
 	scan := after
-	err := checkGaps()
+	stalled := false
+	replay := func(m Message) bool {
+		scan = m.Seq
+		r := bySubj[m.Subject]
+		if r == nil || m.Seq <= r.last {
+			return true
+		}
+		g.mu.Lock()
+		mine := g.mine(r)
+		g.mu.Unlock()
+		if !mine {
+			return true // left or rejoined meanwhile
+		}
+		f := wire.MessageFrame(wire.KindRoom, r.name, wire.Envelope{ID: strconv.FormatUint(m.Seq, 10), From: m.From, Data: m.Data})
+		f.Stored = true
+		if err := g.q.EnqueuePaced(f, pace); err != nil {
+			stalled = errors.Is(err, fanout.ErrStalled)
+			return false
+		}
+		r.last = m.Seq
+		replayed++
+		return true
+	}
+	// A store error that says "not now" (no leader, no answer in time) is
+	// retried for a while: a reconnect storm must not be fed by resumes
+	// that give up at the first hiccup.
+	retry := func(op func() error) error { return s.retryTransient(ctx, op) }
+	err := retry(checkGaps)
 	behindTries := 0
 	for round := 0; err == nil; {
-		stalled := false
 		var n int
-		n, err = s.Read(ctx, filter, scan, batchSize, func(m Message) bool {
-			scan = m.Seq
-			r := bySubj[m.Subject]
-			if r == nil || m.Seq <= r.last {
-				return true
-			}
-			g.mu.Lock()
-			mine := g.mine(r)
-			g.mu.Unlock()
-			if !mine {
-				return true // left or rejoined meanwhile
-			}
-			f := wire.MessageFrame(wire.KindRoom, r.name, wire.Envelope{ID: strconv.FormatUint(m.Seq, 10), From: m.From, Data: m.Data})
-			f.Stored = true
-			if err := g.q.EnqueuePaced(f, pace); err != nil {
-				stalled = errors.Is(err, fanout.ErrStalled)
-				return false
-			}
-			r.last = m.Seq
-			replayed++
-			return true
+		err = retry(func() (err error) {
+			n, err = s.Read(ctx, filter, scan, batchSize, replay)
+			return err
 		})
 		if stalled {
 			o.Slow()
@@ -247,7 +255,7 @@ func (g *Gate) Resume(ctx context.Context, s *Store, rooms map[*fanout.Topic]str
 			break
 		}
 		if n == batchSize { // more to read: were messages dropped meanwhile?
-			err = checkGaps()
+			err = retry(checkGaps)
 			continue
 		}
 		anyway := behindTries >= maxBehindTries
@@ -255,7 +263,8 @@ func (g *Gate) Resume(ctx context.Context, s *Store, rooms map[*fanout.Topic]str
 			// The replica that answered may not have applied what its
 			// leader has acknowledged: the leader tells where each room ends.
 			for _, r := range bySubj {
-				if r.leaderLast, err = s.LeaderLast(ctx, r.name); err != nil {
+				err = retry(func() (err error) { r.leaderLast, err = s.LeaderLast(ctx, r.name); return err })
+				if err != nil {
 					break
 				}
 			}

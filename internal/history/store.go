@@ -193,27 +193,6 @@ func (s *Store) Rule(room string) (Rule, bool) {
 // replica may answer a read before it has what its leader acknowledged.
 func (s *Store) Replicated() bool { return s.cfg.Replicas > 1 }
 
-// Publish stores one message of room, which has rule, and returns its
-// position. The payload carries no id: the position is the id.
-func (s *Store) Publish(ctx context.Context, room string, rule Rule, env wire.Envelope) (uint64, error) {
-	subj := s.cfg.Subjects.Hist(room)
-	var opts []jetstream.PublishOpt
-	if rule.MaxAge > 0 {
-		opts = append(opts, jetstream.WithMsgTTL(rule.MaxAge))
-	}
-	pub, err := s.js.Publish(ctx, subj, wire.AppendEnvelope(nil, wire.Envelope{From: env.From, Data: env.Data}), opts...)
-	if err != nil {
-		return 0, err
-	}
-	if rule.Messages > 0 && (s.maxKeep == 0 || rule.Messages < s.maxKeep) {
-		// The stream keeps maxKeep per room; this room keeps fewer.
-		if err := s.stream.Purge(ctx, jetstream.WithPurgeSubject(subj), jetstream.WithPurgeKeep(uint64(rule.Messages))); err != nil {
-			s.cfg.Log.Warn("pubsub: trimming history", "room", room, "err", err)
-		}
-	}
-	return pub.Sequence, nil
-}
-
 // Last returns up to limit of the most recent stored messages of room,
 // oldest first. It reads the room's whole retained history.
 func (s *Store) Last(ctx context.Context, room string, limit int) ([]Message, error) {

@@ -28,7 +28,9 @@ type Session interface {
 	Unsubscribe(room string, ref json.RawMessage) error
 	// Publish publishes data to room as the connection's user and returns
 	// the message's id.
-	Publish(room string, data []byte) (id string, err error)
+	// Publish publishes data to room; key, when not empty, is the client's
+	// idempotency key (a retry with the same key is stored once).
+	Publish(room, key string, data []byte) (id string, err error)
 	// History returns the room's last stored messages, at most limit.
 	History(room string, limit int) ([]wire.Stored, error)
 	// Presence returns the room's counts and one page of members.
@@ -49,6 +51,13 @@ const (
 	NoHistory    = "no_history"
 	InvalidID    = "invalid_id"
 	Internal     = "internal"
+	// OutcomeUnknown: a publish may or may not have been stored (the
+	// store did not answer in time); the same frame with the same "key"
+	// is stored at most once.
+	OutcomeUnknown = "outcome_unknown"
+	// StoreFailed: the history store cannot write (a full disk, an I/O
+	// error); the message is not stored.
+	StoreFailed = "store_failed"
 )
 
 // Coder is an error that names its client code.
@@ -107,7 +116,7 @@ func Handle(s Session, p []byte) bool {
 			s.Reply(wire.Error(BadRequest, `"data" must be a JSON value`, f.Room, f.Ref))
 			return true
 		}
-		id, err := s.Publish(f.Room, f.Data)
+		id, err := s.Publish(f.Room, f.Key, f.Data)
 		switch {
 		case err != nil:
 			refuse(s, "publish", err, f)
@@ -180,7 +189,9 @@ var refusals = map[string]map[string]string{
 	TooManyRooms: {
 		"presence": "presence is not available for more rooms now",
 	},
-	NoHistory: {"history": "this room keeps no history"},
+	NoHistory:      {"history": "this room keeps no history"},
+	OutcomeUnknown: {"publish": "the message may or may not have been stored: send it again with the same key"},
+	StoreFailed:    {"publish": "history cannot store messages now"},
 	Internal: {
 		"subscribe":   "subscribe failed",
 		"unsubscribe": "unsubscribe failed",

@@ -28,7 +28,7 @@ func (s *session) Unsubscribe(room string, ref json.RawMessage) error {
 	s.calls = append(s.calls, "unsubscribe "+room)
 	return s.err
 }
-func (s *session) Publish(room string, data []byte) (string, error) {
+func (s *session) Publish(room, key string, data []byte) (string, error) {
 	s.calls = append(s.calls, "publish "+room+" "+string(data))
 	return "7", s.err
 }

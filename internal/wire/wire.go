@@ -9,6 +9,7 @@ import (
 	"errors"
 	"strconv"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -225,7 +226,12 @@ type ClientFrame struct {
 	After  string `json:"after"` // of a presence request: the page cursor
 	// Presence asks a subscribe for the room's join and leave events.
 	Presence bool `json:"presence"`
+	// Key is a publish's idempotency key: 1 to MaxKeyLen printable bytes.
+	Key string `json:"key"`
 }
+
+// MaxKeyLen bounds a publish's idempotency key.
+const MaxKeyLen = 64
 
 // Stored is a stored message in a history frame.
 type Stored struct {
@@ -343,5 +349,22 @@ func ParseClientFrame(p []byte) (ClientFrame, error) {
 	if f.Type == "" {
 		return f, errors.New(`frame has no "type"`)
 	}
+	if f.Key != "" && !ValidKey(f.Key) {
+		return f, errors.New(`"key" must be 1 to 64 printable characters without spaces`)
+	}
 	return f, nil
+}
+
+// ValidKey reports whether key is a usable idempotency key: 1 to MaxKeyLen
+// bytes of printable UTF-8 without whitespace.
+func ValidKey(key string) bool {
+	if key == "" || len(key) > MaxKeyLen || !utf8.ValidString(key) {
+		return false
+	}
+	for _, r := range key {
+		if r <= ' ' || r == 0x7f || r == utf8.RuneError || unicode.IsSpace(r) || !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
 }

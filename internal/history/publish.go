@@ -1,0 +1,148 @@
+package history
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/roomcast/pubsub/internal/wire"
+)
+
+// Errors of Publish, which the broker maps to its own.
+var (
+	// ErrOutcomeUnknown: the caller's context ended while the store had
+	// not answered an attempt that may have stored the message. A retry
+	// with the same message id is stored at most once.
+	ErrOutcomeUnknown = errors.New("history: publish outcome unknown")
+	// ErrStoreFailed: the store refused to write (a full disk, an I/O
+	// error, no resources): the message is not stored.
+	ErrStoreFailed = errors.New("history: the store cannot write")
+)
+
+// Publish timing: each attempt waits at most attemptTimeout for the
+// store's acknowledgement; a retryable failure waits a backoff from
+// retryFirst doubling to retryMax, all within the caller's context.
+const (
+	attemptTimeout = 2 * time.Second
+	retryFirst     = 25 * time.Millisecond
+	retryMax       = time.Second
+)
+
+// Publish stores env in room's history and returns its position. msgID
+// identifies the message for the store's de-duplication (JetStream's
+// Nats-Msg-Id, within the stream's duplicate window of two minutes): a
+// message published again with the same id, by this call's own retries or
+// by a caller's, is stored once and answered with its first position.
+// Timeouts and "no responders" (a leader election, a node restarting) are
+// retried until ctx ends; then an attempt that may have been stored gives
+// ErrOutcomeUnknown. A write the store refuses is ErrStoreFailed.
+func (s *Store) Publish(ctx context.Context, room string, rule Rule, env wire.Envelope, msgID string) (uint64, error) {
+	subj := s.cfg.Subjects.Hist(room)
+	opts := []jetstream.PublishOpt{jetstream.WithMsgID(msgID)}
+	if rule.MaxAge > 0 {
+		opts = append(opts, jetstream.WithMsgTTL(rule.MaxAge))
+	}
+	payload := wire.AppendEnvelope(nil, wire.Envelope{From: env.From, Data: env.Data})
+	ambiguous := false // an attempt may have been stored
+	wait := retryFirst
+	for {
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		pub, err := s.js.Publish(actx, subj, payload, opts...)
+		cancel()
+		if err == nil {
+			if !pub.Duplicate {
+				s.trim(ctx, room, subj, rule)
+			}
+			return pub.Sequence, nil
+		}
+		if storeRefused(err) {
+			return 0, fmt.Errorf("%w: %w", ErrStoreFailed, err)
+		}
+		if !retryable(err) {
+			return 0, err
+		}
+		ambiguous = ambiguous || errors.Is(err, context.DeadlineExceeded)
+		select {
+		case <-time.After(wait):
+			wait = min(2*wait, retryMax)
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			if ambiguous {
+				return 0, fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
+			}
+			return 0, fmt.Errorf("%w (last attempt: %w)", ctx.Err(), err)
+		}
+	}
+}
+
+// trim applies a room's count limit when it keeps fewer than the stream.
+func (s *Store) trim(ctx context.Context, room, subj string, rule Rule) {
+	if rule.Messages > 0 && (s.maxKeep == 0 || rule.Messages < s.maxKeep) {
+		if err := s.stream.Purge(ctx, jetstream.WithPurgeSubject(subj), jetstream.WithPurgeKeep(uint64(rule.Messages))); err != nil {
+			s.cfg.Log.Warn("pubsub: trimming history", "room", room, "err", err)
+		}
+	}
+}
+
+// retryable reports a failure that says nothing about the message but
+// "not now": no stream leader, no answer in time.
+func retryable(err error) bool {
+	var api *jetstream.APIError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse):
+		return true
+	case errors.As(err, &api):
+		return api.Code == 503 && !storeRefused(err) // "JetStream system temporarily unavailable", …
+	}
+	return false
+}
+
+// storeRefused reports the store declining to write: no space, an I/O
+// error, no resources left for the stream.
+func storeRefused(err error) bool {
+	var api *jetstream.APIError
+	if !errors.As(err, &api) {
+		return false
+	}
+	switch api.ErrorCode {
+	case 10077, // JSStreamStoreFailedF: "error when storing a message failed" (no space left on device, …)
+		10023, // JSInsufficientResourcesErr
+		10047: // JSStorageResourcesExceededErr
+		return true
+	}
+	return false
+}
+
+// resumeRetryFor bounds how long a resume retries a store that says "not
+// now" before it gives up (and the connection is told to come back).
+const resumeRetryFor = 5 * time.Second
+
+// retryTransient runs op until it succeeds, fails for good, ctx ends or
+// resumeRetryFor has passed since the first failure.
+func (s *Store) retryTransient(ctx context.Context, op func() error) error {
+	var first time.Time
+	wait := retryFirst
+	for {
+		err := op()
+		if err == nil || !retryable(err) || ctx.Err() != nil {
+			return err
+		}
+		if first.IsZero() {
+			first = time.Now()
+		} else if time.Since(first) > resumeRetryFor {
+			return err
+		}
+		select {
+		case <-time.After(wait):
+			wait = min(2*wait, retryMax)
+		case <-ctx.Done():
+			return err
+		}
+	}
+}
