@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/roomcast/pubsub/internal/history"
 )
 
 // ErrNotReady is what Ready wraps when the broker cannot serve now: its
@@ -70,6 +71,9 @@ func (b *Broker) checkReady(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
 		if err := b.hist.Ping(ctx); err != nil {
+			if errors.Is(err, history.ErrStoreFailed) {
+				return fmt.Errorf("%w: %w (%v)", ErrNotReady, ErrStoreFailed, err)
+			}
 			return fmt.Errorf("%w: history store (JetStream) does not answer: %v", ErrNotReady, err)
 		}
 	}

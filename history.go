@@ -12,6 +12,7 @@ import (
 
 	"github.com/roomcast/pubsub/internal/fanout"
 	"github.com/roomcast/pubsub/internal/history"
+	"github.com/roomcast/pubsub/internal/protocol"
 	"github.com/roomcast/pubsub/internal/subject"
 	"github.com/roomcast/pubsub/internal/wire"
 )
@@ -111,6 +112,9 @@ func (b *Broker) publishRoom(ctx context.Context, room, from, msgID string, data
 	case errors.Is(err, history.ErrOutcomeUnknown):
 		return Ack{}, fmt.Errorf("%w (room %q): %v", ErrOutcomeUnknown, room, err)
 	case errors.Is(err, history.ErrStoreFailed):
+		if b.hist.Tell(room) { // this room's subscribers, here, once per failure
+			b.fan.Notify(b.roomSubject(room), wire.Error(protocol.StoreFailed, "history cannot store messages now: messages to this room are refused", room, nil))
+		}
 		return Ack{}, fmt.Errorf("%w (room %q): %v", ErrStoreFailed, room, err)
 	default:
 		return Ack{}, fmt.Errorf("pubsub: storing: %w", err)

@@ -49,6 +49,7 @@ type config struct {
 	storeDir        string
 	presenceTimeout time.Duration
 	historyReplicas int
+	historyBytes    int64
 	jsDomain        string
 	holdRequests    bool
 	noStats         bool
@@ -179,6 +180,13 @@ func WithHistory(pattern string, h History) Option {
 // NATS server history always uses file storage.
 func WithStoreDir(dir string) Option { return func(c *config) { c.storeDir = dir } }
 
+// WithHistoryMaxBytes bounds the history store: when it is full, the
+// oldest messages of all rooms go first. Default: in memory 256 MiB; on
+// file, 1 GiB or half the space free on the embedded server's store disk
+// at New, whichever is less (New fails, saying so, when that is under
+// 8 MiB). The NATS server must be able to reserve it.
+func WithHistoryMaxBytes(n int64) Option { return func(c *config) { c.historyBytes = n } }
+
 // WithHistoryReplicas keeps history on n JetStream nodes (1, 3 or 5), so
 // it survives the loss of a node: the stream is replicated with Raft, and a
 // publish returns once a majority has stored it. The NATS cluster (embedded
@@ -236,6 +244,9 @@ func (cfg *config) validate() error {
 	}
 	if cfg.presenceTimeout < 300*time.Millisecond {
 		return errors.New("pubsub: the presence timeout must be at least 300ms")
+	}
+	if cfg.historyBytes < 0 || cfg.historyBytes > 0 && cfg.historyBytes < 1<<20 {
+		return errors.New("pubsub: the history size must be at least 1 MiB")
 	}
 	if cfg.historyReplicas < 0 || cfg.historyReplicas > 5 {
 		return errors.New("pubsub: history replicas must be 1 to 5")

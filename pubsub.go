@@ -103,6 +103,9 @@ func New(opts ...Option) (*Broker, error) {
 		b.stats = stats.NewSet()
 	}
 	if err := b.connect(); err != nil {
+		b.mu.Lock()
+		b.closing = true // no "connection lost" line for our own teardown
+		b.mu.Unlock()
 		b.teardownNATS()
 		return nil, fmt.Errorf("pubsub: connecting to NATS: %w", err)
 	}
@@ -161,11 +164,17 @@ func (b *Broker) connect() error {
 		// hub's, a cluster's) outlives it and may be shared with instances
 		// that connect by URL.
 		ownStore := b.srv != nil && len(cfg.embedded.LeafRemotes) == 0
-		b.hist, err = history.Open(history.Config{
+		hc := history.Config{
 			NC: b.nc, Log: b.log, Subjects: b.subjects, Namespace: cfg.namespace, Rules: cfg.history,
 			File: !ownStore || cfg.storeDir != "", Replicas: cfg.historyReplicas, Domain: cfg.jsDomain,
-			Stats: b.stats,
-		})
+			Stats: b.stats, MaxBytes: cfg.historyBytes,
+		}
+		if ownStore {
+			if err := b.sizeOwnStore(&hc); err != nil {
+				return err
+			}
+		}
+		b.hist, err = history.Open(hc)
 		if err != nil {
 			return err
 		}

@@ -126,7 +126,10 @@ func TestResumeMidBurstSSE(t *testing.T) {
 // 1,000 clients reconnect at once, each from its own position: each gets
 // exactly what it missed, then live messages.
 func TestResumeReconnectStorm(t *testing.T) {
-	b := resumeBroker(t)
+	// Clients that caught up wait, not reading, for the others: they
+	// cannot answer pings meanwhile (coder/websocket answers while it
+	// reads), and under -race the storm can outlast the default 25 s.
+	b := resumeBroker(t, WithKeepAlive(2*time.Minute, time.Minute))
 	srv := serve(t, b, nil)
 	const stored, clients = 200, 1000
 	ids := make([]string, stored)

@@ -204,3 +204,48 @@ func (a slogAdapter) Fatalf(format string, v ...any)  { a.l.Error(fmt.Sprintf(fo
 func (a slogAdapter) Errorf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
 func (a slogAdapter) Debugf(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }
 func (a slogAdapter) Tracef(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }
+
+// StoreDir is the directory of the server's JetStream files ("" without
+// JetStream).
+func (s *Server) StoreDir() string {
+	if s.ns.JetStreamConfig() == nil {
+		return ""
+	}
+	return s.ns.StoreDir()
+}
+
+// StoreFree reports the bytes free on the disk of the JetStream store
+// directory; ok is false where that cannot be known.
+func (s *Server) StoreFree() (free uint64, ok bool) {
+	dir := s.StoreDir()
+	if dir == "" {
+		return 0, false
+	}
+	return diskFree(dir)
+}
+
+// RestartJetStream stops and starts JetStream on this server, which loads
+// every stream again from the store directory, with limits computed from
+// the space free now. It is the way out of the state nats-server puts a
+// file stream in when a write failed (a full disk): the stream keeps
+// refusing writes after space is freed, until JetStream restarts. Not for
+// a clustered JetStream, whose nodes recover by restarting.
+func (s *Server) RestartJetStream() error {
+	old := s.ns.JetStreamConfig()
+	if old == nil {
+		return errors.New("embedded nats: JetStream is not enabled")
+	}
+	if s.ns.JetStreamIsClustered() {
+		return errors.New("embedded nats: JetStream is clustered: restart the node instead")
+	}
+	if err := s.ns.ShutdownJetStream(); err != nil {
+		return fmt.Errorf("embedded nats: stopping JetStream: %w", err)
+	}
+	// A new value: the server keeps the one it is given, and a limit
+	// left from the old one would not fit the disk as it is now.
+	cfg := &server.JetStreamConfig{StoreDir: old.StoreDir, Domain: old.Domain, SyncInterval: old.SyncInterval, SyncAlways: old.SyncAlways}
+	if err := s.ns.EnableJetStream(cfg); err != nil {
+		return fmt.Errorf("embedded nats: starting JetStream again: %w", err)
+	}
+	return nil
+}

@@ -45,6 +45,10 @@ func TestMetricsOverRealSockets(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Cut()
+		// DialWS read the welcome; publishes after "subscribed" reach it.
+		if f, err := c.NextErr(testkit.Wait); err != nil || f.Type != "subscribed" {
+			t.Fatalf("got %+v %v, want subscribed", f, err)
+		}
 		conns = append(conns, c)
 	}
 	for range msgs {

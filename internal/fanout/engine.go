@@ -229,6 +229,14 @@ func (e *Engine) Release(t *Topic) {
 	}
 }
 
+// Notify delivers f, a notice that is not a message (no id, never
+// stored), to the local members of subject's topic, if any.
+func (e *Engine) Notify(subject string, f *wire.Frame) {
+	if t := e.Lookup(subject); t != nil {
+		t.fanout(f, nil, nil)
+	}
+}
+
 // Rooms returns the rooms with local members, and how many.
 func (e *Engine) Rooms() []stats.Room {
 	e.mu.RLock()

@@ -28,6 +28,7 @@ var (
 // retryFirst doubling to retryMax, all within the caller's context.
 const (
 	attemptTimeout = 2 * time.Second
+	probeTimeout   = 300 * time.Millisecond // an attempt on a store that refused writes
 	retryFirst     = 25 * time.Millisecond
 	retryMax       = time.Second
 )
@@ -47,19 +48,38 @@ func (s *Store) Publish(ctx context.Context, room string, rule Rule, env wire.En
 		opts = append(opts, jetstream.WithMsgTTL(rule.MaxAge))
 	}
 	payload := wire.AppendEnvelope(nil, wire.Envelope{From: env.From, Data: env.Data})
+	probing, err := s.admit()
+	if err != nil {
+		return 0, err // refusing writes: fail fast
+	}
+	timeout := attemptTimeout
+	if probing {
+		defer s.probed()
+		timeout = probeTimeout
+	}
 	ambiguous := false // an attempt may have been stored
+	recovered := false
 	wait := retryFirst
 	for {
-		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		actx, cancel := context.WithTimeout(ctx, timeout)
 		pub, err := s.js.Publish(actx, subj, payload, opts...)
 		cancel()
 		if err == nil {
+			s.wrote()
 			if !pub.Duplicate {
 				s.trim(ctx, room, subj, rule)
 			}
 			return pub.Sequence, nil
 		}
-		if storeRefused(err) {
+		if storeRefused(err) || s.writeLost(err) {
+			if !storeRefused(err) && s.cfg.Full != nil && s.cfg.Full() {
+				err = fmt.Errorf("%w (%w)", errDiskFull, err)
+			}
+			s.refused(err)
+			if !recovered && s.tryRecover() {
+				recovered = true
+				continue // the same message id: stored once whatever happened
+			}
 			return 0, fmt.Errorf("%w: %w", ErrStoreFailed, err)
 		}
 		if !retryable(err) {
@@ -146,3 +166,16 @@ func (s *Store) retryTransient(ctx context.Context, op func() error) error {
 		}
 	}
 }
+
+// writeLost reports a publish that timed out because the store could not
+// write it: its disk is full, or it is refusing writes already (a stream
+// that failed a write stays in that state until JetStream restarts).
+func (s *Store) writeLost(err error) bool {
+	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+		return false
+	}
+	return s.Fault() != nil || s.cfg.Full != nil && s.cfg.Full()
+}
+
+// errDiskFull names the cause of a write lost on a full disk.
+var errDiskFull = errors.New("no answer, and the store's disk is full")

@@ -50,6 +50,17 @@ type Config struct {
 	Replicas  int    // 1, 3 or 5
 	Domain    string // JetStream domain, "" for the local one
 	Stats     *stats.Set
+	// MaxBytes bounds the stream (0: 256 MiB in memory, 1 GiB on file).
+	MaxBytes int64
+	// Recover, if set, is tried (at most every recoverEvery) while the
+	// store refuses writes: it restarts the store when its disk has room
+	// again (an embedded server's JetStream). It returns an error while
+	// it cannot.
+	Recover func() error
+	// Full, if set, reports the store's disk (nearly) full. nats-server
+	// does not answer a publish it could not write (it logs "no space left
+	// on device"), so a timeout with a full disk is a refused write.
+	Full func() bool
 }
 
 // Limits of the history stream.
@@ -66,6 +77,8 @@ type Store struct {
 	name    string
 	maxKeep int    // the stream's per-room count limit, the largest of the rules
 	api     string // "$JS.API." or "$JS.<domain>.API."
+
+	fault fault // writes refused: fail fast, recover
 
 	sizeMu              sync.Mutex // one Size round trip at a time
 	sizeMsgs, sizeBytes atomic.Uint64
@@ -133,6 +146,9 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.File {
 		sc.Storage, sc.MaxBytes = jetstream.FileStorage, fileBytes
 	}
+	if cfg.MaxBytes > 0 {
+		sc.MaxBytes = cfg.MaxBytes
+	}
 	var err error
 	s.api = "$JS.API."
 	if d := cfg.Domain; d != "" {
@@ -152,6 +168,10 @@ func Open(cfg Config) (*Store, error) {
 		cancel()
 		if err == nil {
 			return s, nil
+		}
+		if storeRefused(err) && (!starting(err) || time.Now().After(deadline)) {
+			return nil, fmt.Errorf("%w: history stream: the NATS server cannot reserve %d MiB for history (%w): free space on its disk or lower the broker's history size (WithHistoryMaxBytes)",
+				ErrStoreFailed, sc.MaxBytes>>20, err)
 		}
 		if !starting(err) || time.Now().After(deadline) {
 			return nil, fmt.Errorf("history stream: %w", err)
@@ -324,8 +344,16 @@ func (s *Store) Size(ctx context.Context) (msgs, bytes uint64, err error) {
 	return info.State.Msgs, info.State.Bytes, nil
 }
 
-// Ping asks JetStream for the stream: the store is reachable.
+// Ping asks JetStream for the stream: the store is reachable. A store that
+// refuses writes is not fine either: Ping returns that (and tries to
+// recover it, when it is due).
 func (s *Store) Ping(ctx context.Context) error {
+	if err := s.Fault(); err != nil {
+		s.tryRecover()
+		if err := s.Fault(); err != nil {
+			return err
+		}
+	}
 	_, err := s.stream.Info(ctx)
 	return err
 }
