@@ -8,6 +8,7 @@ import (
 	"time"
 
 	. "github.com/roomcast/pubsub"
+	"github.com/roomcast/pubsub/embedded"
 
 	"github.com/coder/websocket"
 )
@@ -23,6 +24,7 @@ func BenchmarkPublish(b *testing.B) {
 		{"plain", nil},
 		{"history-memory", []Option{WithHistory("*", History{Messages: 1000})}},
 		{"history-file", []Option{WithHistory("*", History{Messages: 1000}), WithStoreDir(b.TempDir())}},
+		{"history-file-sync", []Option{WithHistory("*", History{Messages: 1000}), WithStoreDir(b.TempDir()), WithEmbedded(embedded.Options{SyncAlways: true})}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			br, err := New(append([]Option{WithLogger(quietLogger())}, tc.opts...)...)
@@ -36,6 +38,23 @@ func BenchmarkPublish(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+		})
+		// Throughput: 16 publishers at once, whose acknowledgements overlap.
+		b.Run(tc.name+"-16-publishers", func(b *testing.B) {
+			br, err := New(append([]Option{WithLogger(quietLogger())}, tc.opts...)...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer br.Close()
+			b.SetParallelism(8) // × GOMAXPROCS 2
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := br.Publish(context.Background(), "bench", data); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
 		})
 	}
 }

@@ -66,7 +66,7 @@ func (b *Broker) PresencePage(ctx context.Context, room, after string, limit int
 	if limit < 1 || limit > MaxPresencePage {
 		return Presence{}, fmt.Errorf("pubsub: presence page limit must be 1 to %d", MaxPresencePage)
 	}
-	pg, err := b.presencePage(ctx, room, after, limit)
+	pg, err := b.presencePage(ctx, room, "", after, limit)
 	if err != nil {
 		return Presence{}, err
 	}
@@ -78,13 +78,13 @@ func (b *Broker) PresencePage(ctx context.Context, room, after string, limit int
 }
 
 // presencePage asks the tracker, in the broker's errors.
-func (b *Broker) presencePage(ctx context.Context, room, after string, limit int) (wire.PresencePage, error) {
-	pg, err := b.pres.Page(ctx, room, after, limit)
+func (b *Broker) presencePage(ctx context.Context, room, asker, after string, limit int) (wire.PresencePage, error) {
+	pg, err := b.pres.Page(ctx, room, asker, after, limit)
 	switch {
 	case errors.Is(err, presence.ErrClosed):
 		return pg, ErrClosed
-	case errors.Is(err, presence.ErrTooManyRooms):
-		return pg, fmt.Errorf("%w: %v", ErrTooManyRooms, err)
+	case errors.Is(err, presence.ErrTooManyRooms), errors.Is(err, presence.ErrTooManyRoomsForUser):
+		return pg, fmt.Errorf("%w: %w", ErrTooManyRooms, err)
 	}
 	return pg, err
 }

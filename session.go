@@ -108,9 +108,11 @@ func (s session) Presence(room, after string, limit int) (wire.PresencePage, err
 	if err := c.authorize(c.b.cfg.authSubscribe, "presence", room); err != nil {
 		return wire.PresencePage{}, err
 	}
-	pg, err := c.b.presencePage(c.ctx, room, after, limit)
+	pg, err := c.b.presencePage(c.ctx, room, c.asker(), after, limit)
 	switch {
 	case err == nil:
+	case errors.Is(err, presence.ErrTooManyRoomsForUser):
+		err = &protocol.Refusal{Code: protocol.TooManyRooms, Message: "presence is not available for more rooms for this user now"}
 	case errors.Is(err, ErrTooManyRooms):
 		err = &protocol.Refusal{Code: protocol.TooManyRooms, Message: "presence is not available for more rooms now"}
 	case !errors.Is(err, ErrClosed):
@@ -128,7 +130,7 @@ func (s session) Send(data []byte) (accepted, more bool) {
 
 // watch makes the connection receive room's presence frame and events.
 func (c *Conn) watch(room string) error {
-	err := c.b.pres.Watch(c.ctx, watcher{c}, room, func() bool {
+	err := c.b.pres.Watch(c.ctx, watcher{c}, room, c.asker(), func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return !c.closing && c.rooms[room] != nil
@@ -138,8 +140,19 @@ func (c *Conn) watch(room string) error {
 		return ErrClosed
 	case errors.Is(err, presence.ErrTooManyRooms):
 		return &protocol.Refusal{Code: protocol.TooManyRooms, Message: "presence is not available for more rooms now"}
+	case errors.Is(err, presence.ErrTooManyRoomsForUser):
+		return &protocol.Refusal{Code: protocol.TooManyRooms, Message: "presence is not available for more rooms for this user now"}
 	}
 	return err
+}
+
+// asker is who a presence request counts against: the user, or the
+// connection itself when anonymous.
+func (c *Conn) asker() string {
+	if c.user != "" {
+		return "u:" + c.user
+	}
+	return "c:" + c.id
 }
 
 // authorize runs hook (nil allows everything) and logs a denial.

@@ -53,6 +53,13 @@ type Options struct {
 	// Shutdown (memory streams write nothing there).
 	JetStream bool
 	StoreDir  string
+	// SyncAlways makes the file store fsync every write before JetStream
+	// acknowledges it (nats-server's sync_interval: always), so that an
+	// acknowledged message survives an OS crash or a power loss of this
+	// node, at a cost measured in BENCHMARKS.md. Without it the store
+	// flushes to the OS at once and fsyncs every two minutes: a killed
+	// process loses nothing acknowledged, a crashed machine may.
+	SyncAlways bool
 
 	// ReadyTimeout bounds start-up. Default 10s.
 	ReadyTimeout time.Duration
@@ -75,6 +82,10 @@ type Cluster struct {
 	Routes             []string
 	Username, Password string
 }
+
+// tempDirPrefix names the temporary store directories; one left by a
+// killed process is removed by the next Start on the machine.
+const tempDirPrefix = "roomcast-nats-"
 
 // Server is a running embedded NATS server.
 type Server struct {
@@ -123,9 +134,15 @@ func Start(opts Options) (*Server, error) {
 	if opts.JetStream {
 		so.JetStream = true
 		so.StoreDir = opts.StoreDir
+		so.SyncAlways = opts.SyncAlways
 		if so.StoreDir == "" {
+			removeStaleTempDirs()
 			var err error
-			if tempDir, err = os.MkdirTemp("", "roomcast-nats-"); err != nil {
+			if tempDir, err = os.MkdirTemp("", tempDirPrefix); err != nil {
+				return nil, fmt.Errorf("embedded nats: %w", err)
+			}
+			if err := claimTempDir(tempDir); err != nil {
+				os.RemoveAll(tempDir)
 				return nil, fmt.Errorf("embedded nats: %w", err)
 			}
 			so.StoreDir = tempDir
@@ -143,7 +160,7 @@ func Start(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	if opts.Logger != nil {
-		ns.SetLogger(slogAdapter{opts.Logger}, opts.Logger.Enabled(context.Background(), slog.LevelDebug), false)
+		ns.SetLogger(newServerLog(opts.Logger), opts.Logger.Enabled(context.Background(), slog.LevelDebug), false)
 	}
 	go ns.Start()
 	timeout := opts.ReadyTimeout
@@ -195,15 +212,6 @@ func (s *Server) Shutdown() {
 		os.RemoveAll(s.tempDir)
 	}
 }
-
-type slogAdapter struct{ l *slog.Logger }
-
-func (a slogAdapter) Noticef(format string, v ...any) { a.l.Debug(fmt.Sprintf(format, v...)) }
-func (a slogAdapter) Warnf(format string, v ...any)   { a.l.Warn(fmt.Sprintf(format, v...)) }
-func (a slogAdapter) Fatalf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
-func (a slogAdapter) Errorf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
-func (a slogAdapter) Debugf(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }
-func (a slogAdapter) Tracef(format string, v ...any)  { a.l.Debug(fmt.Sprintf(format, v...)) }
 
 // StoreDir is the directory of the server's JetStream files ("" without
 // JetStream).

@@ -11,14 +11,14 @@ import (
 func fill(b *testing.B, p *Tracker, room string, n int) {
 	b.Helper()
 	ctx := context.Background()
-	if _, err := p.Page(ctx, room, "", 1); err != nil { // the view, kept up to date from now on
+	if _, err := p.Page(ctx, room, "", "", 1); err != nil { // the view, kept up to date from now on
 		b.Fatal(err)
 	}
 	for i := range n {
 		p.Joined(room, fmt.Sprintf("user%07d", i))
 	}
 	for {
-		pg, err := p.Page(ctx, room, "", 1)
+		pg, err := p.Page(ctx, room, "", "", 1)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -38,7 +38,7 @@ func BenchmarkPage(b *testing.B) {
 			fill(b, p, "big", n)
 			b.ResetTimer()
 			for b.Loop() {
-				if _, err := p.Page(context.Background(), "big", "user0000050", 100); err != nil {
+				if _, err := p.Page(context.Background(), "big", "", "user0000050", 100); err != nil {
 					b.Fatal(err)
 				}
 			}

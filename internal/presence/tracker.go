@@ -56,6 +56,7 @@ type Tracker struct {
 	closing    bool
 	live       map[string]time.Time // instance → last heard from
 	views      map[string]*roomView // by room
+	madeBy     map[string]int       // views kept, by the asker that made them
 	bySubject  map[string]*roomView
 	watches    map[Watcher]map[string]*roomView // what each watcher watches
 	reconnects uint64
@@ -98,6 +99,7 @@ func New(cfg Config) *Tracker {
 		local:     make(map[string]*localRoom),
 		live:      map[string]time.Time{cfg.Instance: time.Now()},
 		views:     make(map[string]*roomView),
+		madeBy:    make(map[string]int),
 		bySubject: make(map[string]*roomView),
 		watches:   make(map[Watcher]map[string]*roomView),
 		syncs:     make(map[uint64]chan struct{}),
@@ -158,6 +160,7 @@ func (p *Tracker) Unsubscribe() {
 	defer p.mu.Unlock()
 	for room, r := range p.views {
 		_ = r.sub.Unsubscribe()
+		p.forget(r)
 		delete(p.views, room)
 		delete(p.bySubject, r.sub.Subject)
 	}
@@ -284,11 +287,20 @@ func (p *Tracker) heard(m *message) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if m.Kind == "bye" {
+		if _, known := p.live[m.Instance]; known {
+			p.cfg.Log.Info("pubsub: an instance shut down", "instance", m.Instance)
+		}
 		p.dropInstance(m.Instance)
 		return
 	}
 	_, known := p.live[m.Instance]
 	p.live[m.Instance] = time.Now()
+	switch {
+	case !known && m.Kind == "hello":
+		p.cfg.Log.Info("pubsub: an instance joined", "instance", m.Instance)
+	case !known:
+		p.cfg.Log.Info("pubsub: an instance is heard again (it was cut off or paused)", "instance", m.Instance)
+	}
 	if !known || m.Kind == "hello" {
 		// Back from a partition, new, or reconnected to NATS: whatever
 		// views have of it may be stale or missing.
@@ -311,7 +323,8 @@ func (p *Tracker) sweep(now time.Time) {
 	defer p.mu.Unlock()
 	for inst, seen := range p.live {
 		if inst != p.cfg.Instance && now.Sub(seen) > p.cfg.Timeout {
-			p.cfg.Log.Info("pubsub: instance timed out, dropping its presence", "instance", inst)
+			p.cfg.Log.Warn("pubsub: an instance stopped answering (no heartbeat); dropping its connections from presence",
+				"instance", inst, "silent_for", now.Sub(seen).Round(time.Second))
 			p.dropInstance(inst)
 		}
 	}
@@ -323,6 +336,7 @@ func (p *Tracker) sweep(now time.Time) {
 	}
 	for room, r := range p.views {
 		if r.refs == 0 && now.Sub(r.idleSince) > linger {
+			p.forget(r)
 			delete(p.views, room)
 			delete(p.bySubject, r.sub.Subject)
 			_ = r.sub.Unsubscribe()
@@ -409,4 +423,15 @@ func (p *Tracker) apply(m *nats.Msg, pm *message) {
 		r.checkReady()
 	}
 	r.send(ev)
+}
+
+// forget releases what r counted against the asker that made it. Call with
+// p.mu held, when r goes.
+func (p *Tracker) forget(r *roomView) {
+	if r.madeBy == "" {
+		return
+	}
+	if p.madeBy[r.madeBy]--; p.madeBy[r.madeBy] <= 0 {
+		delete(p.madeBy, r.madeBy)
+	}
 }

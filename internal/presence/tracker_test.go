@@ -2,6 +2,7 @@ package presence
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -78,7 +79,7 @@ func (w *watch) seen() string {
 
 func page(t *testing.T, p *Tracker, room string) wire.PresencePage {
 	t.Helper()
-	pg, err := p.Page(context.Background(), room, "", 100)
+	pg, err := p.Page(context.Background(), room, "", "", 100)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +112,7 @@ func TestWatcherGetsPageThenJoinsAndLeaves(t *testing.T) {
 	ps := newInstances(t, 2)
 	w := newWatch()
 	ps[0].Joined("lobby", "alice")
-	if err := ps[0].Watch(context.Background(), w, "lobby", func() bool { return true }); err != nil {
+	if err := ps[0].Watch(context.Background(), w, "lobby", "", func() bool { return true }); err != nil {
 		t.Fatal(err)
 	}
 	ps[1].Joined("lobby", "bob")
@@ -137,7 +138,7 @@ func TestWatcherGetsPageThenJoinsAndLeaves(t *testing.T) {
 func TestWatchNotAdmitted(t *testing.T) {
 	ps := newInstances(t, 1)
 	w := newWatch()
-	if err := ps[0].Watch(context.Background(), w, "lobby", func() bool { return false }); err != nil {
+	if err := ps[0].Watch(context.Background(), w, "lobby", "", func() bool { return false }); err != nil {
 		t.Fatal(err)
 	}
 	ps[0].Joined("lobby", "alice")
@@ -176,7 +177,7 @@ func TestInstancesLeaving(t *testing.T) {
 func TestBurstIsOneFrame(t *testing.T) {
 	ps := newInstances(t, 2)
 	w := newWatch()
-	if err := ps[0].Watch(context.Background(), w, "big", func() bool { return true }); err != nil {
+	if err := ps[0].Watch(context.Background(), w, "big", "", func() bool { return true }); err != nil {
 		t.Fatal(err)
 	}
 	for i := range burst + 10 {
@@ -197,12 +198,37 @@ func TestFullWatcherOverflows(t *testing.T) {
 	ps := newInstances(t, 1)
 	w := newWatch()
 	w.full = true
-	if err := ps[0].Watch(context.Background(), w, "lobby", func() bool { return true }); err != nil {
+	if err := ps[0].Watch(context.Background(), w, "lobby", "", func() bool { return true }); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case <-w.slow:
 	case <-time.After(5 * time.Second):
 		t.Fatal("a full watcher was not closed")
+	}
+}
+
+// One asker cannot take the instance's presence capacity: its views count
+// against MaxViewsPerAsker until they go, while another asker and the
+// host's own Go code still get theirs.
+func TestViewsPerAskerAreCapped(t *testing.T) {
+	p := newInstances(t, 1)[0]
+	ctx := context.Background()
+	for i := range MaxViewsPerAsker {
+		if _, err := p.Page(ctx, fmt.Sprint("r", i), "u:mallory", "", 1); err != nil {
+			t.Fatalf("view %d: %v", i, err)
+		}
+	}
+	if _, err := p.Page(ctx, "one-more", "u:mallory", "", 1); !errors.Is(err, ErrTooManyRoomsForUser) {
+		t.Fatalf("view past the asker's cap: %v, want ErrTooManyRoomsForUser", err)
+	}
+	if _, err := p.Page(ctx, "r5", "u:mallory", "", 1); err != nil {
+		t.Fatalf("a view the asker has already: %v", err)
+	}
+	if _, err := p.Page(ctx, "one-more", "u:alice", "", 1); err != nil {
+		t.Fatalf("another asker: %v", err)
+	}
+	if _, err := p.Page(ctx, "go-code", "", "", 1); err != nil {
+		t.Fatalf("the host's Go code: %v", err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 // Guarded by Tracker.mu.
 type roomView struct {
 	room      string
+	madeBy    string // the asker that made it (counted in Tracker.madeBy), "" for Go code
 	sub       *nats.Subscription
 	refs      int // Presence calls in progress and watchers
 	idleSince time.Time

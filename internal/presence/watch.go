@@ -24,7 +24,15 @@ var (
 	ErrClosed = errors.New("presence: closed")
 	// ErrTooManyRooms: the instance already keeps MaxViews views.
 	ErrTooManyRooms = fmt.Errorf("presence is kept for at most %d rooms per instance", MaxViews)
+	// ErrTooManyRoomsForUser: the asker has made MaxViewsPerAsker views
+	// that are still kept.
+	ErrTooManyRoomsForUser = fmt.Errorf("presence is kept for at most %d rooms per user at a time", MaxViewsPerAsker)
 )
+
+// MaxViewsPerAsker bounds the views one asker (a user, or an anonymous
+// connection) has made and that are still kept, so that one of them
+// cannot take the instance's MaxViews for itself.
+const MaxViewsPerAsker = MaxViews / 10
 
 // MaxViews bounds the rooms an instance keeps presence views of (watched,
 // or asked about in the last linger), so that clients asking about ever new
@@ -37,7 +45,10 @@ const readyTimeout = 2 * time.Second
 // acquire returns the view of room, created and synchronized with every
 // known instance (or after readyTimeout) on first use. The caller must
 // release it.
-func (p *Tracker) acquire(ctx context.Context, room string) (*roomView, error) {
+//
+// asker is who asks ("" for the host's Go code, which is not limited): a
+// new view counts against its MaxViewsPerAsker until the view goes.
+func (p *Tracker) acquire(ctx context.Context, room, asker string) (*roomView, error) {
 	p.mu.Lock()
 	if p.closing {
 		p.mu.Unlock()
@@ -48,6 +59,10 @@ func (p *Tracker) acquire(ctx context.Context, room string) (*roomView, error) {
 		if len(p.views) >= MaxViews {
 			p.mu.Unlock()
 			return nil, ErrTooManyRooms
+		}
+		if asker != "" && p.madeBy[asker] >= MaxViewsPerAsker {
+			p.mu.Unlock()
+			return nil, ErrTooManyRoomsForUser
 		}
 		sub, err := p.cfg.NC.ChanSubscribe(p.cfg.Subjects.Presence(room), p.inbox)
 		if err != nil {
@@ -62,6 +77,10 @@ func (p *Tracker) acquire(ctx context.Context, room string) (*roomView, error) {
 			watchers:  make(map[Watcher]struct{}),
 			waiting:   make(map[string]bool),
 			ready:     make(chan struct{}),
+			madeBy:    asker,
+		}
+		if asker != "" {
+			p.madeBy[asker]++
 		}
 		for inst := range p.live {
 			r.waiting[inst] = true
@@ -109,8 +128,8 @@ func (p *Tracker) release(r *roomView) {
 // most limit members whose user ids sort after after. The first call for a
 // room gathers a snapshot from every instance (one round trip); later
 // calls are answered from memory, kept current by the changes.
-func (p *Tracker) Page(ctx context.Context, room, after string, limit int) (wire.PresencePage, error) {
-	r, err := p.acquire(ctx, room)
+func (p *Tracker) Page(ctx context.Context, room, asker, after string, limit int) (wire.PresencePage, error) {
+	r, err := p.acquire(ctx, room, asker)
 	if err != nil {
 		return wire.PresencePage{}, err
 	}
@@ -124,8 +143,8 @@ func (p *Tracker) Page(ctx context.Context, room, after string, limit int) (wire
 // frame with the room's first page (so no event is missed in between).
 // admit is w's own check, run with the tracker locked: w must still be in
 // the room and open. Watching a room twice is watching it once.
-func (p *Tracker) Watch(ctx context.Context, w Watcher, room string, admit func() bool) error {
-	r, err := p.acquire(ctx, room)
+func (p *Tracker) Watch(ctx context.Context, w Watcher, room, asker string, admit func() bool) error {
+	r, err := p.acquire(ctx, room, asker)
 	if err != nil {
 		return err
 	}
