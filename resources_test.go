@@ -16,8 +16,9 @@ import (
 // connection holds no writer goroutine, and room subscriptions are released.
 func TestGoroutinesAndSubscriptionsReturnToBaseline(t *testing.T) {
 	// A hijacked SSE stream learns that its client left at the next
-	// keep-alive check.
-	b := newBroker(t, WithKeepAlive(100*time.Millisecond, time.Second))
+	// keep-alive check (WebSocket clients here read only now and then, so
+	// their pong deadline is long).
+	b := newBroker(t, WithKeepAlive(100*time.Millisecond, time.Minute))
 	srv := serve(t, b, nil)
 	warm := dialWS(t, srv, dialOpts{user: "warm", rooms: []string{"r"}})
 	_ = warm.Conn.Close(websocket.StatusNormalClosure, "")

@@ -71,8 +71,12 @@ export interface Live {
    * With { presence: true }, the room's "presence" snapshot and its "join" and "leave" events come too.
    */
   subscribe<T = unknown>(room: string, handler: (data: T, frame: Frame<T>) => void, options?: { presence?: boolean }): () => void;
-  /** Publishes to a room (WebSocket only, if the server allows it); resolves with the message id. */
-  publish(room: string, data: unknown): Promise<string>;
+  /**
+   * Publishes to a room (WebSocket only, if the server allows it); resolves with the message id.
+   * key (default: a random one) is the idempotency key: in a room with history, publishing again
+   * with the same key stores the message once. A rejection's error carries .key for that retry.
+   */
+  publish(room: string, data: unknown, key?: string): Promise<string>;
   /** The room's last stored messages, oldest first (WebSocket only; rooms with history). */
   history<T = unknown>(room: string, limit?: number): Promise<Array<{ id: string; from?: string; time: string; data: T }>>;
   /** Who is in room on every instance, one page of members at a time (WebSocket only). */

@@ -7,10 +7,8 @@
 //   live.on("state", (s) => console.log(s)); // connecting | open | closed
 //   await live.publish("lobby", { text: "hi" }); // if the server allows it
 //
-// WebSocket first; EventSource (receive-only) when WebSocket cannot connect,
-// or with { transport: "sse" }. Reconnects with backoff and full jitter,
-// resubscribes with each room's last id (a server with history resumes);
-// given several URLs, moves to the next. See PROTOCOL.md.
+// WebSocket first, else EventSource (or { transport: "sse" }). Reconnects with
+// backoff and jitter, resumes each room from its last id. See PROTOCOL.md.
 
 const NO_RETRY = new Set([1008, 4003]); // policy, forbidden: retrying cannot help
 const M = "misconfigured"; // the server's middleware prevents live connections (its log says why)
@@ -53,11 +51,13 @@ export function connect(url, opts = {}) {
       };
     },
 
-    // publish resolves with the message id, or rejects with an Error with .code.
-    publish(room, data) { return request({ type: "publish", room, data }, "publish"); },
+    // publish resolves with the message id, or rejects with an Error with .code
+    // and .key: publish again with that key and a room with history stores it once.
+    publish(room, data, key = Math.random().toString(36).slice(2)) {
+      return request({ type: "publish", room, data, key }, "publish").catch((e) => { throw Object.assign(e, { key }); });
+    },
 
-    // history resolves with the room's last stored messages (oldest first,
-    // each { id, from, time, data }), where the server keeps history.
+    // history: the room's last stored messages, oldest first.
     history(room, limit = 50) { return request({ type: "history", room, limit }, "read history"); },
 
     // presence: who is in room (see client.d.ts); pass .next as after for more.
@@ -66,10 +66,8 @@ export function connect(url, opts = {}) {
     // send delivers data to a server handler that reads Conn.Messages.
     send(data) { return request({ type: "send", data }, "send", true); },
 
-    // on(event, fn): "state", "open", "closed", "error", "subscribed" (room),
-    // "truncated" (room: messages were missed for good, refetch), "direct",
-    // "message", "presence" (snapshot), "join" and "leave" ({ room, user, count }).
-    // Returns a function that removes the listener.
+    // on(event, fn) -> off: "state", "open", "closed", "error", "subscribed",
+    // "truncated" (refetch the room), "direct", "message", "presence", "join", "leave".
     on(event, fn) {
       if (!listeners.has(event)) listeners.set(event, new Set());
       listeners.get(event).add(fn);
@@ -240,8 +238,7 @@ export function connect(url, opts = {}) {
       probe(base).then(({ status, error }) => {
         if (error === M) return dropped(4003, M);
         if (status === 401 || status === 403) return dropped(4003, `HTTP ${status}`);
-        // The server answers, yet WebSocket never worked here: something on
-        // the way blocks it. Use SSE (each reconnect tries WebSocket again).
+        // The server answers, yet WebSocket never worked: something blocks it.
         if (o.transport === "auto" && !wsWorked && status >= 200 && status < 300) {
           mode = "sse";
           return open();
@@ -310,7 +307,8 @@ export function connect(url, opts = {}) {
       fail({ code: reason === M ? M : "forbidden", message: `connection refused (${code} ${reason || ""}), not retrying` });
       return;
     }
-    base = urls[(urlIndex = (urlIndex + 1) % urls.length)]; // another instance, if there are
+    // another instance, at random: a dead one's clients spread out
+    base = urls[(urlIndex = (urlIndex + 1 + ((Math.random() * (urls.length - 1)) | 0)) % urls.length)];
     const cap = Math.min(o.maxDelay, o.minDelay * 2 ** attempt++);
     const delay = Math.random() * (code === 1012 ? Math.min(cap, 1000) : cap); // full jitter
     timer = setTimeout(open, delay);

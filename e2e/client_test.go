@@ -390,6 +390,34 @@ func TestBrowserReadsHistory(t *testing.T) {
 	}
 }
 
+// A publish is safe to retry with its key (a rejection carries it): the
+// second one is stored once and answered with the first id; without a key,
+// each publish is a message of its own.
+func TestBrowserPublishKeyMakesRetrySafe(t *testing.T) {
+	ps := newBroker(t, pubsub.WithHistory("chat:*", pubsub.History{Messages: 10}),
+		pubsub.WithClientPublish(func(context.Context, string, string) error { return nil }))
+	srv := libServer(t, ps, nil)
+	b := newTab(t)
+	b.open(srv.URL + "/")
+	b.waitFor("open", openWS)
+	var got string
+	b.eval(`(async () => {
+		const a = await live.publish("chat:k", {n: 1}, "order-9");
+		const again = await live.publish("chat:k", {n: 1}, "order-9");
+		const c = await live.publish("chat:k", {n: 2});
+		const d = await live.publish("chat:k", {n: 2});
+		const key = await live.publish("chat:k", 1, "bad key").then(() => "", (e) => e.code + ":" + e.key);
+		return [a === again, c !== d && c !== a, key].join(",");
+	})()`, &got)
+	if got != "true,true,bad_request:bad key" {
+		t.Fatalf("publish ids: %q", got)
+	}
+	stored, err := ps.History(context.Background(), "chat:k", 10)
+	if err != nil || len(stored) != 3 {
+		t.Fatalf("stored %d messages (%v), want 3", len(stored), err)
+	}
+}
+
 // The client resumes by itself: messages published while it was cut off
 // arrive after the reconnect, once each, in order.
 func TestBrowserResumesWithoutLoss(t *testing.T) {

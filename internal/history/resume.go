@@ -184,6 +184,14 @@ func (g *Gate) Resume(ctx context.Context, s *Store, rooms map[*fanout.Topic]str
 		return
 	}
 	start, replayed := time.Now(), 0
+	// A reconnect storm resumes a few at a time: each replay holds up to
+	// a batch of messages in memory, and the rest wait (their rooms held).
+	select {
+	case s.resumes <- struct{}{}:
+		defer func() { <-s.resumes }()
+	case <-ctx.Done():
+		return
+	}
 	checkGaps := func() error {
 		for _, r := range bySubj {
 			gap, head, err := s.GapAfter(ctx, r.name, r.last)

@@ -63,6 +63,12 @@ type Config struct {
 	Full func() bool
 }
 
+// MaxConcurrentResumes bounds the replays one instance runs at once, each
+// holding up to a batch (1 MiB) of messages: a reconnect storm costs at
+// most that much memory for replays, the other resumes wait their turn
+// with their rooms held.
+const MaxConcurrentResumes = 64
+
 // Limits of the history stream.
 const (
 	memoryBytes = 256 << 20
@@ -78,7 +84,8 @@ type Store struct {
 	maxKeep int    // the stream's per-room count limit, the largest of the rules
 	api     string // "$JS.API." or "$JS.<domain>.API."
 
-	fault fault // writes refused: fail fast, recover
+	fault   fault         // writes refused: fail fast, recover
+	resumes chan struct{} // replays in progress, at most MaxConcurrentResumes
 
 	sizeMu              sync.Mutex // one Size round trip at a time
 	sizeMsgs, sizeBytes atomic.Uint64
@@ -118,7 +125,7 @@ const startTimeout = time.Minute
 // takes a quorum of them: instances that start together wait for each
 // other here, up to a minute.
 func Open(cfg Config) (*Store, error) {
-	s := &Store{cfg: cfg, name: strings.ToUpper(strings.ReplaceAll(cfg.Namespace, "-", "_")) + "_HISTORY"}
+	s := &Store{cfg: cfg, resumes: make(chan struct{}, MaxConcurrentResumes), name: strings.ToUpper(strings.ReplaceAll(cfg.Namespace, "-", "_")) + "_HISTORY"}
 	perRoom := int64(-1)
 	for _, r := range cfg.Rules {
 		if r.Messages == 0 { // an age-only rule: no count limit for the stream
