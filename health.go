@@ -70,11 +70,18 @@ func (b *Broker) checkReady(ctx context.Context) error {
 	if b.hist != nil {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
-		if err := b.hist.Ping(ctx); err != nil {
+		if err := b.hist.Ping(ctx); err != nil { // a store known to fail is tried again here
 			if errors.Is(err, history.ErrStoreFailed) {
 				return fmt.Errorf("%w: %w (%v)", ErrNotReady, ErrStoreFailed, err)
 			}
 			return fmt.Errorf("%w: history store (JetStream) does not answer: %v", ErrNotReady, err)
+		}
+	}
+	if b.hist != nil && b.srv != nil && len(b.cfg.embedded.LeafRemotes) == 0 {
+		// The embedded node keeps history: it must be current with its
+		// cluster (a node cut off from the majority still answers locally).
+		if err := b.srv.Healthy(); err != nil {
+			return fmt.Errorf("%w: %v", ErrNotReady, err)
 		}
 	}
 	return nil

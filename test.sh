@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs what the tests
 # need (Debian's chromium for the browser tests, nginx for the host-stack
-# matrix), then runs them all with the race detector. CI runs exactly this.
+# matrix, iptables for the route partition), then runs them all with the
+# race detector. CI runs exactly this (as root: the fault tests mount a
+# tmpfs and cut routes with iptables).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables) # the route-partition test
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   sudo=""

@@ -117,7 +117,9 @@ func Start(opts Options) (*Server, error) {
 			port = -1
 		}
 		so.Cluster = server.ClusterOpts{Name: c.Name, Host: c.Host, Port: port, Username: c.Username, Password: c.Password}
-		so.Routes = server.RoutesFromStr(strings.Join(c.Routes, ","))
+		if len(c.Routes) > 0 { // none: this node only accepts routes
+			so.Routes = server.RoutesFromStr(strings.Join(c.Routes, ","))
+		}
 	}
 	if len(opts.LeafRemotes) > 0 {
 		var urls []*url.URL
@@ -256,4 +258,19 @@ func (s *Server) RestartJetStream() error {
 		return fmt.Errorf("embedded nats: starting JetStream again: %w", err)
 	}
 	return nil
+}
+
+// Healthy reports whether the server's JetStream is current: enabled, and,
+// in a cluster, in touch with its metadata leader and with its streams'
+// leaders (nats-server's own /healthz check). A node cut off from the
+// majority of its cluster is not.
+func (s *Server) Healthy() error {
+	hs := s.ns.Healthz(&server.HealthzOptions{})
+	if hs == nil || hs.Status == "ok" {
+		return nil
+	}
+	if hs.Error != "" {
+		return errors.New("embedded nats: " + hs.Error)
+	}
+	return fmt.Errorf("embedded nats: health %s", hs.Status)
 }

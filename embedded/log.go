@@ -30,7 +30,7 @@ var notices = []struct {
 	fragment, kind string
 	level          slog.Level
 }{
-	{"Route connection closed", "route-down", slog.LevelWarn},
+	{"Router connection closed", "route-down", slog.LevelWarn},
 	{"Route connection created", "route-up", slog.LevelInfo},
 	{"JetStream cluster no metadata leader", "no-meta-leader", slog.LevelWarn},
 	{"new metadata leader", "meta-leader", slog.LevelInfo},

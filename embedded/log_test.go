@@ -28,8 +28,8 @@ func (r *records) WithGroup(string) slog.Handler      { return r }
 func TestServerLogLevels(t *testing.T) {
 	rec := &records{}
 	l := newServerLog(slog.New(rec))
-	l.Noticef("%s - %s", "127.0.0.1:6223 - rid:5", "Route connection closed: Stale Connection")
-	l.Noticef("%s - %s", "127.0.0.1:6224 - rid:9", "Route connection closed: Client Closed") // same kind, suppressed
+	l.Noticef("%s - %s", "127.0.0.1:6223 - rid:5", "Router connection closed: Stale Connection - Remote: node0")
+	l.Noticef("%s - %s", "127.0.0.1:6224 - rid:9", "Router connection closed: Client Closed") // same kind, suppressed
 	l.Noticef("%s - %s", "127.0.0.1:6223 - rid:7", "Route connection created")
 	l.Noticef("JetStream cluster new stream leader for '%s > %s'", "$G", "ROOMCAST_HISTORY")
 	l.Noticef("Starting nats-server")
@@ -40,7 +40,7 @@ func TestServerLogLevels(t *testing.T) {
 		level slog.Level
 		msg   string
 	}{
-		{slog.LevelWarn, "127.0.0.1:6223 - rid:5 - Route connection closed: Stale Connection"},
+		{slog.LevelWarn, "127.0.0.1:6223 - rid:5 - Router connection closed: Stale Connection - Remote: node0"},
 		{slog.LevelInfo, "127.0.0.1:6223 - rid:7 - Route connection created"},
 		{slog.LevelInfo, "JetStream cluster new stream leader for '$G > ROOMCAST_HISTORY'"},
 		{slog.LevelDebug, "Starting nats-server"},

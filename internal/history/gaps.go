@@ -106,10 +106,7 @@ func (s *Store) LeaderLast(ctx context.Context, room string) (uint64, error) {
 		Message *struct {
 			Seq uint64 `json:"seq"`
 		} `json:"message"`
-		Error *struct {
-			Code        int    `json:"code"`
-			Description string `json:"description"`
-		} `json:"error"`
+		Error *jetstream.APIError `json:"error"`
 	}
 	if err := json.Unmarshal(m.Data, &resp); err != nil {
 		return 0, fmt.Errorf("reading history: %w", err)
@@ -118,7 +115,7 @@ func (s *Store) LeaderLast(ctx context.Context, room string) (uint64, error) {
 	case resp.Error != nil && resp.Error.Code == 404:
 		return 0, nil
 	case resp.Error != nil:
-		return 0, fmt.Errorf("reading history: %s", resp.Error.Description)
+		return 0, fmt.Errorf("reading history: %w", resp.Error) // retryable() reads its code
 	case resp.Message == nil:
 		return 0, nil
 	}

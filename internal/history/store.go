@@ -221,8 +221,33 @@ func (s *Store) Rule(room string) (Rule, bool) {
 func (s *Store) Replicated() bool { return s.cfg.Replicas > 1 }
 
 // Last returns up to limit of the most recent stored messages of room,
-// oldest first. It reads the room's whole retained history.
+// oldest first. It reads the room's whole retained history. With replicated
+// history the replica that answers may lag (one just back from a
+// partition): the read is repeated until it reaches where the stream's
+// leader says the room ends, for up to a second.
 func (s *Store) Last(ctx context.Context, room string, limit int) ([]Message, error) {
+	var want uint64
+	if s.Replicated() {
+		err := s.retryTransient(ctx, func() (err error) { want, err = s.LeaderLast(ctx, room); return err })
+		if err != nil {
+			return nil, err
+		}
+	}
+	for try := 0; ; try++ {
+		var msgs []Message
+		err := s.retryTransient(ctx, func() (err error) { msgs, err = s.last(ctx, room, limit); return err })
+		if err != nil || want == 0 || (len(msgs) > 0 && msgs[len(msgs)-1].Seq >= want) || try >= maxBehindTries {
+			return msgs, err
+		}
+		select {
+		case <-time.After(behindWait):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (s *Store) last(ctx context.Context, room string, limit int) ([]Message, error) {
 	ring := make([]Message, 0, limit)
 	next := 0
 	_, err := s.Read(ctx, s.cfg.Subjects.Hist(room), 0, 0, func(m Message) bool {
