@@ -168,3 +168,18 @@ func TestStoreDiskFullFailsFastAndRecovers(t *testing.T) {
 	}
 	expectOnly(t, b, sub)
 }
+
+// A disk too small for the default history size is a clear error at New,
+// naming the directory and the option; a size that fits it works.
+func TestNewOnTinyDiskSaysSo(t *testing.T) {
+	dir := tmpfs(t, 12<<20)
+	store := filepath.Join(dir, "store")
+	_, err := New(WithLogger(quietLogger()), WithStoreDir(store), WithHistory("*", History{Messages: 10}))
+	if !errors.Is(err, ErrStoreFailed) || !strings.Contains(err.Error(), store) || !strings.Contains(err.Error(), "WithHistoryMaxBytes") {
+		t.Fatalf("New on a 12 MiB disk: %v", err)
+	}
+	b := newBroker(t, WithStoreDir(store), WithHistory("*", History{Messages: 10}), WithHistoryMaxBytes(4<<20))
+	if _, err := b.PublishAck(ctx, "r", msg("fits")); err != nil {
+		t.Fatal(err)
+	}
+}
