@@ -59,7 +59,8 @@ func cutPort(t *testing.T, port int) (heal func()) {
 
 // Node 2 of three is cut off from the others by dropping its route
 // traffic (a real partition: checked by the nodes' own route counts) while
-// node 0 publishes and clients read on every node, then the cut heals.
+// node 0 and node 2 publish and clients read on every node, then the cut
+// heals.
 // Nothing acknowledged is lost, nothing is stored twice (publishes that
 // failed are retried with their key), no client gets an id twice; node 2
 // is not ready while cut off; the route loss and its recovery are logged.
@@ -135,38 +136,17 @@ func TestRoutePartitionLosesNothingAndSaysSo(t *testing.T) {
 		}
 	}
 
-	// Node 0 publishes all along; a failed publish is retried with its
-	// key, as an application would.
-	var mu sync.Mutex
-	var acked []string
-	unknown := 0
+	// Node 0 (majority side) and node 2 (the one cut off) publish all
+	// along; a failed publish is retried with its key, as an application
+	// would: node 2's wait out the cut.
 	var stopping atomic.Bool
-	stopPub := func() { stopping.Store(true) }
-	pubDone := make(chan struct{})
-	go func() {
-		defer close(pubDone)
-		for i := 0; !stopping.Load(); i++ {
-			text := fmt.Sprint("o", i)
-			for { // until acknowledged: a message begun is finished
-				try, cancel := context.WithTimeout(ctx, 2*time.Second)
-				_, err := brokers[0].PublishOnce(try, "orders", text, msg(text))
-				cancel()
-				if err == nil {
-					mu.Lock()
-					acked = append(acked, text)
-					mu.Unlock()
-					break
-				}
-				if errors.Is(err, ErrOutcomeUnknown) {
-					mu.Lock()
-					unknown++
-					mu.Unlock()
-				}
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	pubs := []*keyedPublisher{{b: brokers[0], prefix: "o"}, {b: brokers[2], prefix: "n"}}
+	var pubWG sync.WaitGroup
+	for _, p := range pubs {
+		pubWG.Go(func() { p.run(ctx, &stopping) })
+	}
+	stopPub := func() { stopping.Store(true); pubWG.Wait() }
+	count := pubs[0].count
 	eventually(t, "messages flowing", func() bool { return count() > 20 })
 
 	rz, err := EmbeddedServer(brokers[2]).NATS().Routez(nil)
@@ -206,33 +186,33 @@ func TestRoutePartitionLosesNothingAndSaysSo(t *testing.T) {
 	t.Logf("node 2 ready again %v after the heal", time.Since(healedAt).Round(time.Millisecond))
 	time.Sleep(time.Second)
 	stopPub()
-	<-pubDone
 
-	mu.Lock()
-	want := slices.Clone(acked)
-	mu.Unlock()
-	t.Logf("%d messages acknowledged, %d publishes with an unknown outcome retried", len(want), unknown)
+	total := 0
+	for _, p := range pubs {
+		t.Logf("publisher %q: %d messages acknowledged, %d publishes with an unknown outcome retried", p.prefix, len(p.acked), p.unknown)
+		total += len(p.acked)
+	}
 	stored, err := brokers[1].History(ctx, "orders", MaxHistoryLimit)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if len(stored) != total {
+		t.Fatalf("history holds %d messages for %d acknowledged: stored twice or lost", len(stored), total)
+	}
 	var storedTexts []string
 	for _, m := range stored {
-		storedTexts = append(storedTexts, string(m.Data))
+		storedTexts = append(storedTexts, strings.Trim(strings.TrimPrefix(string(m.Data), `{"text":`), `"}`))
 	}
-	if len(stored) != len(want) {
-		t.Fatalf("history holds %d messages for %d acknowledged: stored twice or lost", len(stored), len(want))
-	}
-	for i, text := range want {
-		if !strings.Contains(storedTexts[i], `"`+text+`"`) {
-			t.Fatalf("history message %d is %s, want %s", i, storedTexts[i], text)
+	for _, p := range pubs {
+		if got := withPrefix(storedTexts, p.prefix); !slices.Equal(got, p.acked) {
+			t.Fatalf("history holds %d of %s's messages, want its %d acknowledged once each, in order", len(got), p.prefix, len(p.acked))
 		}
 	}
 	for _, m := range clients {
 		testkit.Eventually(t, m.name+" to have every message", func() bool {
 			m.mu.Lock()
 			defer m.mu.Unlock()
-			return len(m.texts) > 0 && m.texts[len(m.texts)-1] == want[len(want)-1]
+			return len(m.texts) >= total
 		})
 		m.mu.Lock()
 		if m.err != nil {
@@ -243,9 +223,10 @@ func TestRoutePartitionLosesNothingAndSaysSo(t *testing.T) {
 				t.Errorf("%s got id %d after %d: twice or out of order", m.name, m.ids[i], m.ids[i-1])
 			}
 		}
-		first := slices.Index(want, m.texts[0])
-		if first < 0 || !slices.Equal(m.texts, want[first:]) {
-			t.Errorf("%s got %d messages, want the %d acknowledged from %q on, once each, in order", m.name, len(m.texts), len(want)-first, m.texts[0])
+		for _, p := range pubs {
+			if got := withPrefix(m.texts, p.prefix); !slices.Equal(got, p.acked) {
+				t.Errorf("%s got %d of %s's messages, want its %d acknowledged once each, in order", m.name, len(got), p.prefix, len(p.acked))
+			}
 		}
 		m.mu.Unlock()
 	}
@@ -275,4 +256,49 @@ func TestRoutePartitionLosesNothingAndSaysSo(t *testing.T) {
 			t.Errorf("node %d logged no %v line with %q", c.node, c.level, c.text)
 		}
 	}
+}
+
+// keyedPublisher publishes "<prefix><n>" to room orders until stopped,
+// each message with its text as its key, retried until acknowledged.
+type keyedPublisher struct {
+	b       *Broker
+	prefix  string
+	mu      sync.Mutex
+	acked   []string
+	unknown int
+}
+
+func (p *keyedPublisher) run(ctx context.Context, stopping *atomic.Bool) {
+	for i := 0; !stopping.Load() && ctx.Err() == nil; i++ {
+		text := fmt.Sprint(p.prefix, i)
+		for ctx.Err() == nil { // until acknowledged: a message begun is finished
+			try, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err := p.b.PublishOnce(try, "orders", text, msg(text))
+			cancel()
+			p.mu.Lock()
+			if err == nil {
+				p.acked = append(p.acked, text)
+			} else if errors.Is(err, ErrOutcomeUnknown) {
+				p.unknown++
+			}
+			p.mu.Unlock()
+			if err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (p *keyedPublisher) count() int { p.mu.Lock(); defer p.mu.Unlock(); return len(p.acked) }
+
+func withPrefix(texts []string, prefix string) []string {
+	var out []string
+	for _, s := range texts {
+		if strings.HasPrefix(s, prefix) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
