@@ -42,9 +42,12 @@ var (
 	// context ended, and the message may have been stored. Publishing it
 	// again with PublishOnce and the same key stores it at most once.
 	ErrOutcomeUnknown error = &codedError{"pubsub: publish outcome unknown (it may have been stored; publish again with the same idempotency key)", "outcome_unknown"}
-	// ErrStoreFailed: the history store refused to write (its disk is
-	// full, an I/O error): the message is not stored. Rooms without
-	// history and live delivery are not affected.
+	// ErrStoreFailed: the history store cannot write (its disk is full):
+	// the message is not stored — unless the error is also
+	// ErrOutcomeUnknown (the store stopped answering while its disk was
+	// full: publish again with the same key). While the store is known to
+	// fail, publishes fail at once but for one probe a second. Rooms
+	// without history and live delivery are not affected.
 	ErrStoreFailed error = &codedError{"pubsub: the history store cannot write", "store_failed"}
 	// ErrMisconfigured: the host's middleware hides the connection from the
 	// handler (a ResponseWriter wrapper without Unwrap, http.TimeoutHandler),

@@ -63,12 +63,13 @@ const MaxHistoryLimit = 1000
 //
 // A store that does not answer in time or has no leader for a moment (an
 // election, a node restarting) is retried until ctx ends, and the retries
-// cannot store the message twice. If ctx ends while an attempt may have
+// cannot store the message twice (they stop after 90 s, inside the store's
+// two-minute duplicate window). If ctx ends while an attempt may have
 // been stored, the error is ErrOutcomeUnknown: a message published with
 // PublishOnce can be published again with the same key and is stored at
-// most once (within two minutes). A store that refuses to write (its disk
-// full) gives ErrStoreFailed at once. Rooms without history are at most
-// once.
+// most once (within two minutes). A store that cannot write (its disk
+// full) gives ErrStoreFailed, and fails the publishes that follow at once
+// until it recovers. Rooms without history are at most once.
 func (b *Broker) PublishAck(ctx context.Context, room string, data []byte) (Ack, error) {
 	return b.publishAck(ctx, room, "", data)
 }
@@ -124,12 +125,13 @@ func (b *Broker) publishRoom(ctx context.Context, room, from, msgID string, data
 	case err == nil:
 	case errors.Is(err, nats.ErrConnectionClosed):
 		return Ack{}, ErrClosed
+	case errors.Is(err, history.ErrOutcomeUnknown) && errors.Is(err, history.ErrStoreFailed):
+		b.tellStoreFailed(room)
+		return Ack{}, fmt.Errorf("%w (room %q): %w: %v", ErrOutcomeUnknown, room, ErrStoreFailed, err)
 	case errors.Is(err, history.ErrOutcomeUnknown):
 		return Ack{}, fmt.Errorf("%w (room %q): %v", ErrOutcomeUnknown, room, err)
 	case errors.Is(err, history.ErrStoreFailed):
-		if b.hist.Tell(room) { // this room's subscribers, here, once per failure
-			b.fan.Notify(b.roomSubject(room), wire.Error(protocol.StoreFailed, "history cannot store messages now: messages to this room are refused", room, nil))
-		}
+		b.tellStoreFailed(room)
 		return Ack{}, fmt.Errorf("%w (room %q): %v", ErrStoreFailed, room, err)
 	default:
 		return Ack{}, fmt.Errorf("pubsub: storing: %w", err)
@@ -202,3 +204,11 @@ func (o resumeOwner) Failed(err error) {
 }
 
 var _ history.Owner = resumeOwner{}
+
+// tellStoreFailed tells room's subscribers on this instance, once per
+// failure, that messages to the room are refused.
+func (b *Broker) tellStoreFailed(room string) {
+	if b.hist.Tell(room) {
+		b.fan.Notify(b.roomSubject(room), wire.Error(protocol.StoreFailed, "history cannot store messages now: messages to this room are refused", room, nil))
+	}
+}

@@ -192,6 +192,9 @@ func TestRoutePartitionLosesNothingAndSaysSo(t *testing.T) {
 		t.Logf("publisher %q: %d messages acknowledged, %d publishes with an unknown outcome retried", p.prefix, len(p.acked), p.unknown)
 		total += len(p.acked)
 	}
+	if total > MaxHistoryLimit {
+		t.Fatalf("%d messages published: more than one History call reads; publish slower", total)
+	}
 	stored, err := brokers[1].History(ctx, "orders", MaxHistoryLimit)
 	if err != nil {
 		t.Fatal(err)

@@ -53,3 +53,22 @@ func publishNumberedAs(t *testing.T, b *Broker, room string, texts ...string) {
 		}
 	}
 }
+
+// A resume from a position past the store's end (the store was reset: an
+// in-memory store after a restart) is told "truncated" and then gets the
+// new messages, whose positions are lower than its old one.
+func TestResumePastTheStoreEndGetsNewMessages(t *testing.T) {
+	b := resumeBroker(t)
+	srv := serve(t, b, nil)
+	c := dialWS(t, srv, dialOpts{user: "u"})
+	if f := c.request(t, map[string]any{"type": "subscribe", "room": "chat:reset", "last_id": "999"}); f.Type != "subscribed" {
+		t.Fatalf("resume answered %+v", f)
+	}
+	if f := c.next(t); f.Type != "truncated" {
+		t.Fatalf("got %+v, want truncated", f)
+	}
+	publishNumberedAs(t, b, "chat:reset", "new")
+	if f := c.next(t); f.Type != "message" || f.Text() != "new" {
+		t.Fatalf("after the reset got %+v, want the new message", f)
+	}
+}

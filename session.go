@@ -1,9 +1,11 @@
 package pubsub
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/roomcast/pubsub/internal/fanout"
 	"github.com/roomcast/pubsub/internal/presence"
@@ -71,10 +73,15 @@ func (s session) Publish(room, key string, data []byte) (string, error) {
 		return "", err
 	}
 	msgID := ""
-	if key != "" { // scoped by user: one user's keys cannot suppress another's messages
-		msgID = "c " + c.user + " " + room + " " + key
+	if key != "" { // scoped: one user's (or anonymous connection's) keys cannot suppress another's messages
+		msgID = "c " + c.asker() + " " + room + " " + key
 	}
-	ack, err := c.b.publishRoom(c.ctx, room, c.user, msgID, data)
+	// A request is answered on the connection's read loop: bounded, so the
+	// connection keeps answering pings, and a store that does not answer
+	// gives the client outcome_unknown (then it retries with its key).
+	ctx, cancel := context.WithTimeout(c.ctx, requestTimeout)
+	defer cancel()
+	ack, err := c.b.publishRoom(ctx, room, c.user, msgID, data)
 	switch {
 	case err == nil:
 		c.b.stats.Published(true)
@@ -89,7 +96,9 @@ func (s session) History(room string, limit int) ([]wire.Stored, error) {
 	if err := c.authorize(c.b.cfg.authSubscribe, "history", room); err != nil {
 		return nil, err
 	}
-	msgs, err := c.b.History(c.ctx, room, limit)
+	ctx, cancel := context.WithTimeout(c.ctx, requestTimeout)
+	defer cancel()
+	msgs, err := c.b.History(ctx, room, limit)
 	if err != nil {
 		if protocol.Code(err) == protocol.Internal {
 			c.b.log.Error("pubsub: history", "room", room, "err", err)
@@ -108,7 +117,9 @@ func (s session) Presence(room, after string, limit int) (wire.PresencePage, err
 	if err := c.authorize(c.b.cfg.authSubscribe, "presence", room); err != nil {
 		return wire.PresencePage{}, err
 	}
-	pg, err := c.b.presencePage(c.ctx, room, c.asker(), after, limit)
+	ctx, cancel := context.WithTimeout(c.ctx, requestTimeout)
+	defer cancel()
+	pg, err := c.b.presencePage(ctx, room, c.asker(), after, limit)
 	switch {
 	case err == nil:
 	case errors.Is(err, presence.ErrTooManyRoomsForUser):
@@ -180,3 +191,8 @@ func denialOf(action string) int {
 	}
 	return stats.DeniedSubscribe
 }
+
+// requestTimeout bounds a client's publish, history and presence request,
+// which run on the connection's read loop: well under the keep-alive's pong
+// timeout.
+const requestTimeout = 5 * time.Second

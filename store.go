@@ -27,6 +27,7 @@ func (b *Broker) sizeOwnStore(hc *history.Config) error {
 	}
 	free, known := b.srv.StoreFree()
 	if hc.MaxBytes == 0 {
+		hc.MaxBytesIsDefault = true
 		hc.MaxBytes = defaultFileStoreBytes
 		if known {
 			hc.MaxBytes = min(hc.MaxBytes, int64(free/2))

@@ -90,7 +90,8 @@ const tempDirPrefix = "roomcast-nats-"
 // Server is a running embedded NATS server.
 type Server struct {
 	ns      *server.Server
-	tempDir string // removed on Shutdown
+	tempDir string   // removed on Shutdown
+	lock    *os.File // held on tempDir's lock file while the server runs
 }
 
 // Start starts a server and waits until it accepts connections.
@@ -133,6 +134,7 @@ func Start(opts Options) (*Server, error) {
 		so.LeafNode.Remotes = []*server.RemoteLeafOpts{{URLs: urls}}
 	}
 	var tempDir string
+	var lock *os.File // held while the server runs: its temporary store is in use
 	if opts.JetStream {
 		so.JetStream = true
 		so.StoreDir = opts.StoreDir
@@ -143,7 +145,7 @@ func Start(opts Options) (*Server, error) {
 			if tempDir, err = os.MkdirTemp("", tempDirPrefix); err != nil {
 				return nil, fmt.Errorf("embedded nats: %w", err)
 			}
-			if err := claimTempDir(tempDir); err != nil {
+			if lock, err = claimTempDir(tempDir); err != nil {
 				os.RemoveAll(tempDir)
 				return nil, fmt.Errorf("embedded nats: %w", err)
 			}
@@ -158,6 +160,7 @@ func Start(opts Options) (*Server, error) {
 	if err != nil {
 		if tempDir != "" {
 			os.RemoveAll(tempDir)
+			lock.Close()
 		}
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
@@ -174,10 +177,11 @@ func Start(opts Options) (*Server, error) {
 		ns.WaitForShutdown()
 		if tempDir != "" {
 			os.RemoveAll(tempDir)
+			lock.Close()
 		}
 		return nil, errors.New("embedded nats: not ready in time")
 	}
-	return &Server{ns: ns, tempDir: tempDir}, nil
+	return &Server{ns: ns, tempDir: tempDir, lock: lock}, nil
 }
 
 // Connect returns a client connection over an in-process pipe.
@@ -212,6 +216,9 @@ func (s *Server) Shutdown() {
 	s.ns.WaitForShutdown()
 	if s.tempDir != "" {
 		os.RemoveAll(s.tempDir)
+	}
+	if s.lock != nil {
+		s.lock.Close()
 	}
 }
 
@@ -253,7 +260,8 @@ func (s *Server) RestartJetStream() error {
 	}
 	// A new value: the server keeps the one it is given, and a limit
 	// left from the old one would not fit the disk as it is now.
-	cfg := &server.JetStreamConfig{StoreDir: old.StoreDir, Domain: old.Domain, SyncInterval: old.SyncInterval, SyncAlways: old.SyncAlways}
+	cfg := &server.JetStreamConfig{StoreDir: old.StoreDir, Domain: old.Domain, SyncInterval: old.SyncInterval, SyncAlways: old.SyncAlways,
+		MaxMemory: old.MaxMemory, CompressOK: old.CompressOK, UniqueTag: old.UniqueTag, Strict: old.Strict}
 	if err := s.ns.EnableJetStream(cfg); err != nil {
 		return fmt.Errorf("embedded nats: starting JetStream again: %w", err)
 	}

@@ -2,10 +2,7 @@ package embedded
 
 import (
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
-	"strconv"
 	"testing"
 )
 
@@ -32,21 +29,25 @@ func TestSyncAlwaysAndRestart(t *testing.T) {
 	}
 }
 
-// A temporary store left by a killed process is removed by the next Start;
-// one whose process lives is not.
+// A temporary store whose server is gone (its lock released, as a killed
+// process's is) is removed by the next Start; one whose lock is held is not.
 func TestStaleTempStoreRemoved(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("unix only")
 	}
-	dead := exec.Command("true")
-	if err := dead.Run(); err != nil {
-		t.Fatal(err)
-	}
 	stale, _ := os.MkdirTemp("", tempDirPrefix)
 	live, _ := os.MkdirTemp("", tempDirPrefix)
 	defer os.RemoveAll(live)
-	_ = os.WriteFile(filepath.Join(stale, pidFile), []byte(strconv.Itoa(dead.Process.Pid)), 0o600)
-	_ = os.WriteFile(filepath.Join(live, pidFile), []byte(strconv.Itoa(os.Getppid())), 0o600)
+	held, err := claimTempDir(live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	gone, err := claimTempDir(stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone.Close() // its process died
 	s, err := Start(Options{JetStream: true})
 	if err != nil {
 		t.Fatal(err)

@@ -2,5 +2,7 @@
 
 package embedded
 
-func claimTempDir(string) error { return nil }
-func removeStaleTempDirs()      {}
+import "os"
+
+func claimTempDir(string) (*os.File, error) { return nil, nil }
+func removeStaleTempDirs()                  {}

@@ -14,6 +14,10 @@ import (
 const (
 	probeEvery   = time.Second
 	recoverEvery = 2 * time.Second
+	// faultFor: a fault no refusal has renewed for this long is forgotten,
+	// so that an instance nobody publishes through (a pod out of its
+	// service while not ready) does not stay failed for ever.
+	faultFor = 10 * time.Second
 )
 
 // fault is the store's write failure, if any.
@@ -21,6 +25,8 @@ type fault struct {
 	mu         sync.Mutex
 	err        error // nil: writes work
 	since      time.Time
+	last       time.Time // the last refusal
+	restarting bool      // Recover is running
 	probed     time.Time
 	probing    bool // a publish is trying the store
 	recovering time.Time
@@ -54,6 +60,7 @@ func (s *Store) Tell(room string) bool {
 func (s *Store) Fault() error {
 	s.fault.mu.Lock()
 	defer s.fault.mu.Unlock()
+	s.fault.expire()
 	if s.fault.err == nil {
 		return nil
 	}
@@ -68,6 +75,7 @@ func (s *Store) admit() (probing bool, err error) {
 	f := &s.fault
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.expire()
 	if f.err == nil {
 		return false, nil
 	}
@@ -95,7 +103,7 @@ func (s *Store) refused(err error) {
 	if first {
 		f.since = time.Now()
 	}
-	f.err = err
+	f.err, f.last, f.probed = err, time.Now(), time.Now() // a refusal is as good as a probe
 	f.mu.Unlock()
 	if first {
 		s.cfg.Log.Error("pubsub: the history store cannot write: publishes to rooms with history fail (ErrStoreFailed, store_failed) until it can; rooms without history and live delivery go on; free space on the store's disk (the broker retries every second and recovers by itself)",
@@ -122,15 +130,19 @@ func (s *Store) wrote() {
 func (s *Store) tryRecover() bool {
 	f := &s.fault
 	f.mu.Lock()
-	due := s.cfg.Recover != nil && f.err != nil && time.Since(f.recovering) >= recoverEvery
+	due := s.cfg.Recover != nil && f.err != nil && !f.restarting && time.Since(f.recovering) >= recoverEvery
 	if due {
-		f.recovering = time.Now()
+		f.recovering, f.restarting = time.Now(), true
 	}
 	f.mu.Unlock()
 	if !due {
 		return false
 	}
-	if err := s.cfg.Recover(); err != nil {
+	err := s.cfg.Recover()
+	f.mu.Lock()
+	f.restarting = false
+	f.mu.Unlock()
+	if err != nil {
 		s.cfg.Log.Debug("pubsub: history store not recovered yet", "err", err)
 		return false
 	}
@@ -140,4 +152,12 @@ func (s *Store) tryRecover() bool {
 	f.err, f.told, f.probed = nil, nil, time.Time{}
 	f.mu.Unlock()
 	return true
+}
+
+// expire forgets a fault no refusal has renewed for faultFor. Call with
+// f.mu held.
+func (f *fault) expire() {
+	if f.err != nil && time.Since(f.last) > faultFor {
+		f.err, f.told = nil, nil
+	}
 }

@@ -28,9 +28,11 @@ var (
 // retryFirst doubling to retryMax, all within the caller's context.
 const (
 	attemptTimeout = 2 * time.Second
-	probeTimeout   = 300 * time.Millisecond // an attempt on a store that refused writes
-	retryFirst     = 25 * time.Millisecond
-	retryMax       = time.Second
+	// maxRetryFor bounds a publish's retries inside JetStream's duplicate
+	// window (two minutes), so that a retry is never stored twice.
+	maxRetryFor = 90 * time.Second
+	retryFirst  = 25 * time.Millisecond
+	retryMax    = time.Second
 )
 
 // Publish stores env in room's history and returns its position. msgID
@@ -39,8 +41,12 @@ const (
 // message published again with the same id, by this call's own retries or
 // by a caller's, is stored once and answered with its first position.
 // Timeouts and "no responders" (a leader election, a node restarting) are
-// retried until ctx ends; then an attempt that may have been stored gives
-// ErrOutcomeUnknown. A write the store refuses is ErrStoreFailed.
+// retried until ctx ends or maxRetryFor has passed (well inside the
+// duplicate window); then an attempt that may have been stored gives
+// ErrOutcomeUnknown. A write the store refuses explicitly is
+// ErrStoreFailed (not stored); a timeout while its disk is full is both
+// ErrOutcomeUnknown and ErrStoreFailed. While the store is known to fail,
+// publishes fail fast with ErrStoreFailed but for one probe at a time.
 func (s *Store) Publish(ctx context.Context, room string, rule Rule, env wire.Envelope, msgID string) (uint64, error) {
 	subj := s.cfg.Subjects.Hist(room)
 	opts := []jetstream.PublishOpt{jetstream.WithMsgID(msgID)}
@@ -52,16 +58,15 @@ func (s *Store) Publish(ctx context.Context, room string, rule Rule, env wire.En
 	if err != nil {
 		return 0, err // refusing writes: fail fast
 	}
-	timeout := attemptTimeout
 	if probing {
 		defer s.probed()
-		timeout = probeTimeout
 	}
 	ambiguous := false // an attempt may have been stored
 	recovered := false
 	wait := retryFirst
+	first := time.Now()
 	for {
-		actx, cancel := context.WithTimeout(ctx, timeout)
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
 		pub, err := s.js.Publish(actx, subj, payload, opts...)
 		cancel()
 		if err == nil {
@@ -71,8 +76,9 @@ func (s *Store) Publish(ctx context.Context, room string, rule Rule, env wire.En
 			}
 			return pub.Sequence, nil
 		}
-		if storeRefused(err) || s.writeLost(err) {
-			if !storeRefused(err) && s.cfg.Full != nil && s.cfg.Full() {
+		refused, lost := storeRefused(err), s.writeLost(err)
+		if refused || lost {
+			if lost && s.cfg.Full != nil && s.cfg.Full() {
 				err = fmt.Errorf("%w (%w)", errDiskFull, err)
 			}
 			s.refused(err)
@@ -80,12 +86,21 @@ func (s *Store) Publish(ctx context.Context, room string, rule Rule, env wire.En
 				recovered = true
 				continue // the same message id: stored once whatever happened
 			}
-			return 0, fmt.Errorf("%w: %w", ErrStoreFailed, err)
+			if refused && !ambiguous {
+				return 0, fmt.Errorf("%w: %w", ErrStoreFailed, err)
+			}
+			return 0, fmt.Errorf("%w: %w: %w", ErrOutcomeUnknown, ErrStoreFailed, err)
 		}
-		if !retryable(err) {
+		// An attempt cut short (by its timeout or by the caller) may have
+		// reached the store.
+		cut := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, nats.ErrTimeout)
+		ambiguous = ambiguous || cut
+		if !retryable(err) && !cut || probing || time.Since(first) > maxRetryFor {
+			if ambiguous {
+				return 0, fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
+			}
 			return 0, err
 		}
-		ambiguous = ambiguous || errors.Is(err, context.DeadlineExceeded)
 		select {
 		case <-time.After(wait):
 			wait = min(2*wait, retryMax)
@@ -132,7 +147,6 @@ func storeRefused(err error) bool {
 	}
 	switch api.ErrorCode {
 	case 10077, // JSStreamStoreFailedF: "error when storing a message failed" (no space left on device, …)
-		10023, // JSInsufficientResourcesErr
 		10047: // JSStorageResourcesExceededErr
 		return true
 	}

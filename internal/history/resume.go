@@ -64,8 +64,21 @@ type Gate struct {
 
 	mu     sync.Mutex
 	rooms  map[*fanout.Topic]*hold
-	floors map[*fanout.Topic]uint64 // rooms gone live: their last delivered position
+	floors map[*fanout.Topic]floor // rooms gone live: their last delivered position
 }
+
+// floor is a room's last position delivered by its resume. Live copies at
+// or below it are dropped until one above it comes, or until floorFor has
+// passed (after a store reset, positions start again lower).
+type floor struct {
+	seq   uint64
+	until time.Time
+}
+
+// floorFor bounds how long a floor stays: long enough for the live stream
+// to catch up with the store (queued messages, a repair), short enough
+// that a reset store's new messages are not dropped for long.
+const floorFor = 10 * time.Second
 
 // hold keeps a room's live frames during a resume. Its identity tells a
 // resume whether the room is still its own (not left, not rejoined).
@@ -93,8 +106,8 @@ func (g *Gate) Deliver(t *fanout.Topic, f *wire.Frame) bool {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if floor, ok := g.floors[t]; ok && f.Stored {
-		if seq, _ := strconv.ParseUint(f.ID, 10, 64); seq <= floor {
+	if fl, ok := g.floors[t]; ok && f.Stored {
+		if seq, _ := strconv.ParseUint(f.ID, 10, 64); seq <= fl.seq && time.Now().Before(fl.until) {
 			return true // replayed already
 		}
 		delete(g.floors, t) // the live stream is past the replay
@@ -205,7 +218,10 @@ func (g *Gate) Resume(ctx context.Context, s *Store, rooms map[*fanout.Topic]str
 				if !g.q.Enqueue(wire.Reply("truncated", r.name, "", ref)) {
 					o.Slow()
 				}
-				r.last = max(r.last, head)
+				// From the present: also when the position is past the
+				// store's end (the store was reset), or the floor would
+				// drop the new numbering's messages.
+				r.last = head
 			}
 		}
 		return nil
@@ -326,6 +342,10 @@ func (g *Gate) finish(rooms map[string]*room, anyway bool, o Owner) (done, behin
 		}
 		first := true
 		for _, f := range r.h.frames {
+			if !f.Stored { // a notice, not a message: it has no position
+				frames = append(frames, f)
+				continue
+			}
 			if seq, _ := strconv.ParseUint(f.ID, 10, 64); seq > r.last {
 				if first && f.Prev > r.last && !anyway {
 					g.mu.Unlock()
@@ -349,9 +369,10 @@ func (g *Gate) finish(rooms map[string]*room, anyway bool, o Owner) (done, behin
 		if g.mine(r) {
 			delete(g.rooms, r.t)
 			if g.floors == nil {
-				g.floors = make(map[*fanout.Topic]uint64)
+				g.floors = make(map[*fanout.Topic]floor)
 			}
-			g.floors[r.t] = max(r.last, r.delivered) // the room's count in holding carries over
+			// The room's count in holding carries over to its floor.
+			g.floors[r.t] = floor{seq: max(r.last, r.delivered), until: time.Now().Add(floorFor)}
 		}
 	}
 	g.mu.Unlock()

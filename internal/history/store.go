@@ -52,6 +52,11 @@ type Config struct {
 	Stats     *stats.Set
 	// MaxBytes bounds the stream (0: 256 MiB in memory, 1 GiB on file).
 	MaxBytes int64
+	// MaxBytesIsDefault: MaxBytes was computed, not chosen by the host,
+	// so an existing stream's larger limit is kept (the space its
+	// messages take is not free space any more; lowering the limit would
+	// drop acknowledged history).
+	MaxBytesIsDefault bool
 	// Recover, if set, is tried (at most every recoverEvery) while the
 	// store refuses writes: it restarts the store when its disk has room
 	// again (an embedded server's JetStream). It returns an error while
@@ -171,6 +176,11 @@ func Open(cfg Config) (*Store, error) {
 	// A request sent before there is a leader goes unanswered: short tries.
 	for try := 1; ; try++ {
 		ctx, cancel := context.WithTimeout(context.Background(), min(time.Duration(try)*time.Second, 5*time.Second))
+		if cfg.MaxBytesIsDefault {
+			if old, err := s.js.Stream(ctx, s.name); err == nil {
+				sc.MaxBytes = max(sc.MaxBytes, old.CachedInfo().Config.MaxBytes)
+			}
+		}
 		s.stream, err = s.js.CreateOrUpdateStream(ctx, sc)
 		cancel()
 		if err == nil {
@@ -226,6 +236,9 @@ func (s *Store) Replicated() bool { return s.cfg.Replicas > 1 }
 // partition): the read is repeated until it reaches where the stream's
 // leader says the room ends, for up to a second.
 func (s *Store) Last(ctx context.Context, room string, limit int) ([]Message, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
 	var want uint64
 	if s.Replicated() {
 		err := s.retryTransient(ctx, func() (err error) { want, err = s.LeaderLast(ctx, room); return err })
@@ -325,6 +338,8 @@ func (s *Store) Read(ctx context.Context, filter string, after uint64, limit int
 				case "204": // the end of a batch: more if some are still pending
 					return m.Header.Get("Nats-Num-Pending") != "0", nil
 				case "":
+				case "503": // no responders: JetStream is restarting, or the stream has no leader
+					return false, fmt.Errorf("reading history: %w", nats.ErrNoResponders)
 				default:
 					return false, fmt.Errorf("reading history: %s %s", status, m.Header.Get("Description"))
 				}
