@@ -120,7 +120,7 @@ func (s *Store) wrote() {
 		return
 	}
 	since := f.since
-	f.err, f.told = nil, nil
+	f.clear()
 	f.mu.Unlock()
 	s.cfg.Log.Info("pubsub: the history store writes again", "after", time.Since(since).Round(time.Millisecond))
 }
@@ -149,7 +149,8 @@ func (s *Store) tryRecover() bool {
 	s.cfg.Log.Info("pubsub: restarted the history store (JetStream) after its disk had room again")
 	// Writes are tried again at once; the next refusal records a new fault.
 	f.mu.Lock()
-	f.err, f.told, f.probed = nil, nil, time.Time{}
+	f.clear()
+	f.probed = time.Time{}
 	f.mu.Unlock()
 	return true
 }
@@ -158,6 +159,17 @@ func (s *Store) tryRecover() bool {
 // f.mu held.
 func (f *fault) expire() {
 	if f.err != nil && time.Since(f.last) > faultFor {
-		f.err, f.told = nil, nil
+		f.clear()
 	}
+}
+
+// clear ends the episode: writes work. Call with f.mu held.
+func (f *fault) clear() { f.err, f.told = nil, nil }
+
+// failing reports whether a fault is recorded (and not expired).
+func (s *Store) failing() bool {
+	s.fault.mu.Lock()
+	defer s.fault.mu.Unlock()
+	s.fault.expire()
+	return s.fault.err != nil
 }

@@ -76,9 +76,12 @@ func (s *Store) Publish(ctx context.Context, room string, rule Rule, env wire.En
 			}
 			return pub.Sequence, nil
 		}
-		refused, lost := storeRefused(err), s.writeLost(err)
+		refused, lost, full := storeRefused(err), false, false
+		if !refused {
+			lost, full = s.writeLost(err)
+		}
 		if refused || lost {
-			if lost && s.cfg.Full != nil && s.cfg.Full() {
+			if full {
 				err = fmt.Errorf("%w (%w)", errDiskFull, err)
 			}
 			s.refused(err)
@@ -184,11 +187,13 @@ func (s *Store) retryTransient(ctx context.Context, op func() error) error {
 // writeLost reports a publish that timed out because the store could not
 // write it: its disk is full, or it is refusing writes already (a stream
 // that failed a write stays in that state until JetStream restarts).
-func (s *Store) writeLost(err error) bool {
+// full says the disk is (nearly) full now, the cause to name.
+func (s *Store) writeLost(err error) (lost, full bool) {
 	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
-		return false
+		return false, false
 	}
-	return s.Fault() != nil || s.cfg.Full != nil && s.cfg.Full()
+	full = s.cfg.Full != nil && s.cfg.Full()
+	return full || s.failing(), full
 }
 
 // errDiskFull names the cause of a write lost on a full disk.
