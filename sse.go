@@ -78,7 +78,7 @@ func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.C
 	if id := cmp.Or(r.Header.Get("Last-Event-ID"), r.URL.Query().Get("last_event_id")); id != "" && b.hist != nil {
 		var err error
 		if pos, err = parsePosition(id); err != nil {
-			b.logRefused(r, "an event stream with an invalid resume position: "+err.Error())
+			b.logRefused(r, "cursor", "an event stream with an invalid resume position: "+err.Error())
 			w.Header().Set("Roomcast-Error", "invalid_id")
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return nil, err
@@ -360,7 +360,7 @@ func (c *Conn) refuseRooms(w http.ResponseWriter, r *http.Request, rooms []strin
 			status, code, msg = http.StatusForbidden, "forbidden", fmt.Sprintf("not allowed to subscribe to %q", room)
 		}
 		if err != nil {
-			c.b.logRefused(r, "an event stream for a room it may not have ("+code+"): "+msg)
+			c.b.logRefused(r, "room", "an event stream for a room it may not have ("+code+"): "+msg)
 			w.Header().Set("Roomcast-Error", code)
 			w.Header().Set("Roomcast-Room", url.QueryEscape(truncate(room)))
 			http.Error(w, msg, status)

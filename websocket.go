@@ -37,7 +37,7 @@ func (b *Broker) acceptWebSocket(w http.ResponseWriter, r *http.Request, ctx con
 			cause, fix := chain.HijackFailed(hj.hijackErr)
 			return nil, b.logMisconfigured(r, "WebSocket", chain, cause, fix)
 		}
-		b.logRefused(r, "a WebSocket handshake that failed: "+err.Error())
+		b.logRefused(r, "handshake", "a WebSocket handshake that failed: "+err.Error())
 		return nil, err // Accept wrote the response
 	}
 	ws.SetReadLimit(int64(b.cfg.maxMessage))
