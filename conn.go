@@ -24,6 +24,9 @@ const (
 	CloseTryAgainLater  = 1013 // a resume met a store that stayed unavailable; reconnect with backoff and resume
 	CloseIdleTimeout    = 4000 // the client did not answer a ping in time
 	CloseSlowConsumer   = 4001 // the client fell too far behind; reconnect
+	CloseDisconnected   = 4003 // the server ended the connection (DisconnectUser, DisconnectConn); do not reconnect
+	CloseReconnectLater = 4004 // the server ended the connection and the client may come back later, with a long backoff
+	CloseSessionExpired = 4005 // the session's expiry passed without a refresh (ContextWithExpiry); reconnect only if the host accepts the client
 )
 
 // Conn is one client connection, over WebSocket or SSE. Server code gets one
@@ -48,6 +51,8 @@ type Conn struct {
 	ws        *wsConn     // nil for SSE
 	sse       *sseStream  // nil for WebSocket
 	keepalive *time.Timer // of a WebSocket or a hijacked SSE stream
+	lease     *lease      // the session's expiry; nil without one
+	since     time.Time
 
 	mu          sync.Mutex // the lifecycle and the rooms
 	closing     bool
@@ -65,7 +70,7 @@ type Conn struct {
 
 func (b *Broker) newConn(ctx context.Context, user string) *Conn {
 	ctx, cancel := context.WithCancel(ctx)
-	return &Conn{
+	c := &Conn{
 		b:      b,
 		id:     subject.ConnID(b.instance, fmt.Sprintf("%x", b.connSeq.Add(1))),
 		user:   user,
@@ -73,7 +78,12 @@ func (b *Broker) newConn(ctx context.Context, user string) *Conn {
 		cancel: cancel,
 		rooms:  make(map[string]*fanout.Topic),
 		done:   make(chan struct{}),
+		since:  time.Now(),
 	}
+	if ends := ExpiryFromContext(ctx); !ends.IsZero() {
+		c.lease = &lease{c: c, ends: ends}
+	}
+	return c
 }
 
 // attach gives the connection its queue, written through sink (nil: by
@@ -105,7 +115,8 @@ func (c *Conn) Transport() string {
 
 // Err reports why the connection ended: nil while it is open or when it
 // ended normally; ErrSlowConsumer, ErrIdleTimeout, ErrClosed (server
-// shutdown) or a transport error otherwise.
+// shutdown), ErrDisconnected (DisconnectUser, DisconnectConn),
+// ErrSessionExpired, ErrStreamMaxAge or a transport error otherwise.
 func (c *Conn) Err() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -137,7 +148,7 @@ func (c *Conn) Join(room string) error {
 // Leave takes the connection out of room and tells the client with an
 // "unsubscribed" frame. Leaving a room it is not in is not an error.
 func (c *Conn) Leave(room string) error {
-	c.leaveRoom(room, wire.Reply("unsubscribed", room, "", nil))
+	c.leaveRoom(room, wire.Reply("unsubscribed", room, "", nil), true)
 	return nil
 }
 
@@ -280,6 +291,7 @@ func (c *Conn) closeWith(code int, reason string, err error, drain bool) (closed
 	if c.keepalive != nil {
 		c.keepalive.Stop()
 	}
+	c.lease.stop()
 	for room, t := range rooms {
 		c.b.pres.Left(room, c.user)
 		c.removeFrom(t)
@@ -359,8 +371,20 @@ func (c *Conn) joinRoom(room string, ack *wire.Frame, hold bool) (t *fanout.Topi
 	case closing:
 		return nil, false, ErrClosed
 	case in:
-		c.reply(ack)
-		return nil, false, nil
+		// Under the lock, as a leave queues its ack: a leave between the
+		// check and the ack would otherwise be told after it.
+		c.mu.Lock()
+		if c.rooms[room] != nil {
+			ok := c.out.Enqueue(ack)
+			c.mu.Unlock()
+			if !ok {
+				c.closeSlow()
+			}
+			return nil, false, nil
+		}
+		c.mu.Unlock()
+	}
+	switch {
 	case full:
 		return nil, false, ErrTooManyRooms
 	}
@@ -401,15 +425,18 @@ func (c *Conn) joinRoom(room string, ack *wire.Frame, hold bool) (t *fanout.Topi
 	return t, added, err
 }
 
-// leaveRoom takes the connection out of room and queues ack. The topic and
-// the connection forget each other in one critical section, so a leave and
-// a rejoin of the same room never leave one without the other.
-func (c *Conn) leaveRoom(room string, ack *wire.Frame) {
+// leaveRoom takes the connection out of room and queues ack: always (the
+// answer to a client's request), or, with ackIfLeft, only if it was in the
+// room and in the same critical section as the leave, so that a client's
+// subscribe racing it is answered after it. The topic and the connection
+// forget each other in one critical section, so a leave and a rejoin of
+// the same room never leave one without the other.
+func (c *Conn) leaveRoom(room string, ack *wire.Frame, ackIfLeft bool) (left bool) {
 	c.mu.Lock()
 	t := c.rooms[room]
 	c.mu.Unlock()
+	overflow := false
 	if t != nil {
-		left := false
 		t.Leave(member{c}, func() bool {
 			c.mu.Lock()
 			defer c.mu.Unlock()
@@ -418,6 +445,7 @@ func (c *Conn) leaveRoom(room string, ack *wire.Frame) {
 			}
 			delete(c.rooms, room)
 			left = true
+			overflow = ackIfLeft && !c.out.Enqueue(ack)
 			return true
 		})
 		if left {
@@ -426,10 +454,14 @@ func (c *Conn) leaveRoom(room string, ack *wire.Frame) {
 			c.b.fan.Release(t)
 		}
 	}
+	if overflow {
+		c.closeSlow()
+	}
 	c.b.pres.Unwatch(watcher{c}, room)
-	if ack != nil {
+	if ack != nil && !ackIfLeft {
 		c.reply(ack)
 	}
+	return left
 }
 
 // joinUser subscribes the connection to its user's messages.

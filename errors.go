@@ -31,6 +31,22 @@ var (
 	// ErrIdleTimeout is the reason (Conn.Err) of a connection that did not
 	// answer a keep-alive ping in time.
 	ErrIdleTimeout = errors.New("pubsub: keep-alive timeout")
+	// ErrSessionExpired is the reason (Conn.Err) of a connection whose
+	// session expiry (ContextWithExpiry) passed without a refresh.
+	ErrSessionExpired = errors.New("pubsub: session expired")
+	// ErrDisconnected is the reason (Conn.Err) of a connection ended by
+	// DisconnectUser or DisconnectConn; the error names the reason given.
+	ErrDisconnected = errors.New("pubsub: disconnected by the server")
+	// ErrNoSuchConn: the connection is known to be gone (its instance
+	// answered that it has no such connection, or no instance answers for
+	// its id).
+	ErrNoSuchConn = errors.New("pubsub: no such connection")
+	// ErrInvalidReason: a disconnect reason that is not valid UTF-8 or is
+	// longer than the 123 bytes a WebSocket close frame carries.
+	ErrInvalidReason = errors.New("pubsub: invalid disconnect reason")
+	// ErrStreamMaxAge is the reason (Conn.Err) of an SSE stream ended at
+	// its maximum age (WithSSEMaxAge); its client reconnects.
+	ErrStreamMaxAge = errors.New("pubsub: SSE stream reached its maximum age")
 	// ErrNoHistory: the room has no history configured.
 	ErrNoHistory error = &codedError{"pubsub: room has no history", "no_history"}
 	// ErrInvalidID: a resume position is not a store position.

@@ -68,3 +68,9 @@ func MissLive(b *Broker, room string, meanwhile func()) error {
 	}
 	return b.fan.Resubscribe(t, meanwhile)
 }
+
+// Instances is how many instances b knows to be alive.
+func Instances(b *Broker) int { return b.pres.Instances() }
+
+// InstanceID is b's instance id, the first part of its connection ids.
+func InstanceID(b *Broker) string { return b.instance }

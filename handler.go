@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/roomcast/pubsub/internal/stack"
 	"github.com/roomcast/pubsub/internal/stats"
@@ -31,14 +32,22 @@ import (
 //	mux.Handle("GET /live/client.js", ps.Handler())
 //
 // HEAD is answered with 204, so a client whose connection failed can tell
-// "not allowed" (the host's 401 or 403) from "network down".
+// "not allowed" (the host's 401 or 403) from "network down". A POST of
+// {"type":"refresh","conn":id} (application/json) refreshes a connection's
+// session: it has passed the host's middleware again, which names the new
+// expiry with ContextWithExpiry (see it, and PROTOCOL.md section 11). A
+// host that serves connections with Accept routes POSTs on its path here.
 func (b *Broker) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if serveClientFile(w, r) {
 			return
 		}
-		if r.Method == http.MethodHead {
+		switch r.Method {
+		case http.MethodHead:
 			b.probe(w, r)
+			return
+		case http.MethodPost:
+			b.serveRefresh(w, r)
 			return
 		}
 		c, err := b.accept(w, r, !b.cfg.holdRequests)
@@ -64,6 +73,11 @@ func (b *Broker) probe(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	if chain := stack.Inspect(w); !sseWorks(chain, r, !b.cfg.holdRequests) {
 		_ = b.refuseStack(w, r, "SSE", chain) // the transport of last resort: a client must not retry
+		return
+	}
+	if ends := ExpiryFromContext(r.Context()); !ends.IsZero() && !ends.After(time.Now()) {
+		w.Header().Set("Roomcast-Error", "session_expired")
+		w.WriteHeader(http.StatusUnauthorized)
 		return
 	}
 	c := b.newConn(context.WithoutCancel(r.Context()), UserFromContext(r.Context()))
@@ -122,6 +136,12 @@ func (b *Broker) accept(w http.ResponseWriter, r *http.Request, detached bool) (
 			return nil, fmt.Errorf("%w: %v", ErrInvalidUser, err)
 		}
 	}
+	if ends := ExpiryFromContext(r.Context()); !ends.IsZero() && !ends.After(time.Now()) {
+		b.logRefused(r, "expiry", "a connection whose session expired (the host's middleware gave an expiry in the past)")
+		w.Header().Set("Roomcast-Error", "session_expired")
+		http.Error(w, "session expired", http.StatusUnauthorized)
+		return nil, ErrSessionExpired
+	}
 	rooms := r.URL.Query()["room"]
 	if len(rooms) > b.cfg.maxRooms {
 		b.logRefused(r, "rooms", fmt.Sprintf("%d rooms in the query, the limit is %d", len(rooms), b.cfg.maxRooms))
@@ -145,6 +165,9 @@ func (b *Broker) start(c *Conn) error {
 		return err
 	}
 	c.reply(wire.Welcome(c.id, c.user))
+	if c.lease != nil {
+		c.lease.start()
+	}
 	if c.user != "" {
 		if err := c.joinUser(); err != nil {
 			b.log.Error("pubsub: subscribing user", "user", c.user, "err", err)

@@ -3,6 +3,7 @@ package pubsub
 import (
 	"context"
 	"net/http"
+	"time"
 )
 
 type userKey struct{}
@@ -62,4 +63,32 @@ func Identify(identify func(r *http.Request) string) func(http.Handler) http.Han
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+type expiryKey struct{}
+
+// ContextWithExpiry returns a copy of ctx in which the session behind the
+// request ends at t. Call it in the host's middleware next to
+// ContextWithUser, with the session's own expiry: a connection made with it
+// is asked to refresh shortly before t (a "refresh" frame; the browser
+// client answers by itself) and ends at t with close code 4005 unless
+// refreshed. A refresh is a POST to the same mount path, so it passes the
+// host's middleware again, which decides (its cookie or session check) and
+// names the new expiry with ContextWithExpiry. See Handler.
+//
+// The refresh must reach Handler through the same middleware: a CSRF
+// middleware must let a JSON POST to the mount path through (it is safe:
+// a refresh only extends the caller's own connection), cross-origin pages
+// need the host's CORS middleware to answer its preflight, and a host that
+// serves connections with Accept routes POSTs on the path to Handler. An
+// anonymous connection cannot refresh: it ends at t.
+func ContextWithExpiry(ctx context.Context, t time.Time) context.Context {
+	return context.WithValue(ctx, expiryKey{}, t)
+}
+
+// ExpiryFromContext returns the expiry stored by ContextWithExpiry, or the
+// zero time.
+func ExpiryFromContext(ctx context.Context) time.Time {
+	t, _ := ctx.Value(expiryKey{}).(time.Time)
+	return t
 }

@@ -44,6 +44,7 @@ type config struct {
 	writeTimeout    time.Duration
 	keepAlive       time.Duration
 	pongTimeout     time.Duration
+	sseMaxAge       time.Duration
 	maxRooms        int
 	history         []history.Rule
 	storeDir        string
@@ -63,6 +64,7 @@ const (
 	DefaultWriteTimeout   = 10 * time.Second
 	DefaultKeepAlive      = 15 * time.Second
 	DefaultPongTimeout    = 10 * time.Second
+	DefaultSSEMaxAge      = 10 * time.Minute
 	DefaultMaxRooms       = 256
 	DefaultNamespace      = "roomcast"
 )
@@ -136,6 +138,21 @@ func WithWriteTimeout(d time.Duration) Option { return func(c *config) { c.write
 func WithKeepAlive(interval, timeout time.Duration) Option {
 	return func(c *config) { c.keepAlive, c.pongTimeout = interval, timeout }
 }
+
+// WithSSEMaxAge bounds how long one SSE stream lives: after d, less up to
+// a tenth at random so streams opened together do not end together, the
+// stream ends with a close event of code 1012 and the client reconnects at
+// once (an EventSource by itself, with Last-Event-ID), so rooms with history
+// lose nothing; a room without history may miss what is published in the
+// moment of the reconnect, as at any network change.
+//
+// Why: EventSource never sends anything, so a client that stopped reading
+// cannot be told from one that reads until the server has something to
+// write (then the write deadline or the send queue ends it). In a quiet
+// room nothing would ever end it; this does. A WebSocket needs no such
+// bound: its pings go unanswered when its client stops reading.
+// Default 10 minutes (Mercure's default too); 0 removes the bound.
+func WithSSEMaxAge(d time.Duration) Option { return func(c *config) { c.sseMaxAge = d } }
 
 // WithHoldRequests makes Handler return only when each connection ends, so
 // that the host's access log and request metrics see a live connection as
@@ -219,6 +236,7 @@ func defaults() config {
 		writeTimeout:    DefaultWriteTimeout,
 		keepAlive:       DefaultKeepAlive,
 		pongTimeout:     DefaultPongTimeout,
+		sseMaxAge:       DefaultSSEMaxAge,
 		maxRooms:        DefaultMaxRooms,
 		presenceTimeout: DefaultPresenceTimeout,
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/roomcast/pubsub/embedded"
+	"github.com/roomcast/pubsub/internal/control"
 	"github.com/roomcast/pubsub/internal/fanout"
 	"github.com/roomcast/pubsub/internal/history"
 	"github.com/roomcast/pubsub/internal/lograte"
@@ -63,6 +64,7 @@ type Broker struct {
 	pres     *presence.Tracker
 	stats    *stats.Set         // nil with WithoutStats
 	statsSub *nats.Subscription // answers ClusterStats
+	ctl      *control.Plane     // operations on connections across instances
 	logLimit *lograte.Limiter   // repeated causes (a misconfigured path) log once a minute
 	logNoisy *lograte.Limiter   // events that come in bursts (slow consumers, refused requests) once in 10 s
 	ready    readiness          // Ready's cached answer
@@ -199,6 +201,11 @@ func (b *Broker) connect() error {
 		NC: b.nc, Log: b.log, Subjects: b.subjects, Instance: b.instance,
 		Timeout: cfg.presenceTimeout, FlushTimeout: cfg.writeTimeout,
 	})
+	if b.ctl, err = control.Start(control.Config{
+		NC: b.nc, Subjects: b.subjects, Instance: b.instance, Handle: b.applyControl, Instances: b.pres.Instances,
+	}); err != nil {
+		return err
+	}
 	return b.pres.Start()
 }
 
@@ -408,6 +415,9 @@ func (b *Broker) teardownNATS() {
 		}
 		if b.statsSub != nil {
 			_ = b.statsSub.Unsubscribe()
+		}
+		if b.ctl != nil {
+			b.ctl.Stop()
 		}
 		if b.fan != nil {
 			b.fan.Stop()

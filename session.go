@@ -59,7 +59,7 @@ func (s session) Subscribe(room, lastID string, watch bool, ref json.RawMessage)
 }
 
 func (s session) Unsubscribe(room string, ref json.RawMessage) error {
-	s.c.leaveRoom(room, wire.Reply("unsubscribed", room, "", ref))
+	s.c.leaveRoom(room, wire.Reply("unsubscribed", room, "", ref), false)
 	return nil
 }
 

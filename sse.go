@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -42,6 +43,7 @@ type sseStream struct {
 
 	conn      net.Conn     // hijacked
 	lastWrite atomic.Int64 // unix nanoseconds, for keep-alives on a hijacked stream
+	ends      time.Time    // its maximum age (WithSSEMaxAge); zero: none
 
 	mu   sync.Mutex
 	done bool // the handler returned: rc must not be used any more
@@ -85,6 +87,9 @@ func (b *Broker) acceptSSE(w http.ResponseWriter, r *http.Request, ctx context.C
 		}
 	}
 	s := &sseStream{c: c, w: w, rc: http.NewResponseController(w), reqCtx: r.Context(), chain: chain}
+	if age := b.cfg.sseMaxAge; age > 0 {
+		s.ends = time.Now().Add(age - rand.N(age/10+1))
+	}
 	h := w.Header()
 	// A middleware that announced an encoding before this handler ran (gin's
 	// gzip) has committed to compressing: taken over beneath it, the stream
@@ -179,6 +184,7 @@ func (s *sseStream) writeLoop(c *Conn) {
 				c.closeWith(CloseInternalError, "write failed", fmt.Errorf("pubsub: write: %w", err), false)
 				return
 			}
+			s.aged() // then the next Take drains the queue and ends the stream
 			idle.Reset(c.b.cfg.keepAlive)
 			continue
 		}
@@ -207,6 +213,9 @@ func (s *sseStream) writeLoop(c *Conn) {
 			c.closeWith(CloseNormal, "", nil, false)
 			return
 		case <-idle.C:
+			if s.aged() {
+				continue
+			}
 			if err := s.write(c, keepAliveFrame); err != nil {
 				c.closeWith(CloseIdleTimeout, "keep-alive failed", ErrIdleTimeout, false)
 				return
@@ -318,6 +327,18 @@ func (s *sseStream) WriteFailed(err error) {
 	s.abort()
 }
 
+// aged ends the stream if it has reached its maximum age, after what is
+// queued: the client reconnects, resuming from its last id. A stream is
+// checked when it writes and at each keep-alive, so it ends at most one
+// keep-alive interval late.
+func (s *sseStream) aged() bool {
+	if s.ends.IsZero() || time.Now().Before(s.ends) {
+		return false
+	}
+	s.c.closeWith(CloseServiceRestart, "stream age", ErrStreamMaxAge, true)
+	return true
+}
+
 // keepAliveFrame is an SSE comment line, written on an idle stream.
 var keepAliveFrame = &wire.Frame{}
 
@@ -332,6 +353,9 @@ func (s *sseStream) keepAlive(c *Conn) bool {
 	var ne net.Error
 	if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
 		c.closeWith(CloseNormal, "", nil, false) // the client went away
+		return false
+	}
+	if s.aged() {
 		return false
 	}
 	// A comment only after a whole interval of silence.

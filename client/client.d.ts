@@ -17,12 +17,24 @@ export interface Frame<T = unknown> {
 
 /** An error reported by the server or the client. */
 export interface ClientError extends Error {
-  /** "bad_request", "invalid_room", "forbidden", "too_many_rooms", "unsupported", "no_history", "invalid_id", "internal", "closed", "too_large", "misconfigured" (the server's middleware prevents live connections: see its log; the client does not retry). */
+  /**
+   * "bad_request", "invalid_room", "forbidden", "too_many_rooms", "unsupported", "no_history", "invalid_id", "internal",
+   * "closed", "too_large", "misconfigured" (the server's middleware prevents live connections: see its log; the client
+   * does not retry), "disconnected" (the server ended the connection, close 4003; the client does not reconnect),
+   * "session_expired" (close 4005: the session was not refreshed in time and the host refuses the client now),
+   * "refresh_refused" (the host's middleware refused a session refresh; the connection ends at the expiry).
+   */
   code: string;
   room?: string;
 }
 
 export interface StateDetail {
+  /**
+   * Close code: 4003 the server disconnected the client (not retried), 4004 it may come back later (a long
+   * backoff), 4005 the session expired (retried only if a HEAD probe passes), 1008 refused by the host
+   * (401/403) or misconfigured, 1012 reconnect soon;
+   * see PROTOCOL.md for all.
+   */
   code?: number;
   reason?: string;
   conn?: string;
@@ -86,8 +98,14 @@ export interface Live {
   on(event: "state", fn: (state: State, detail?: StateDetail) => void): () => void;
   on(event: "open" | "connecting" | "closed", fn: (detail?: StateDetail) => void): () => void;
   on(event: "error", fn: (err: ClientError) => void): () => void;
-  /** A subscription took effect: messages published from now on arrive. */
-  on(event: "subscribed", fn: (room: string) => void): () => void;
+  /**
+   * A subscription took effect: messages published from now on arrive. frame.by is "server" when the server
+   * subscribed this connection (Broker.SubscribeConn/SubscribeUser): the room is then the client's like its
+   * own (resumed after a reconnect); attach handlers with subscribe(room, handler), which sends nothing more.
+   */
+  on(event: "subscribed", fn: (room: string, frame: { room: string; by?: "server" }) => void): () => void;
+  /** The connection left room; frame.by is "server" when the server took it out (it is not resubscribed). */
+  on(event: "unsubscribed", fn: (room: string, frame: { room: string; by?: "server" }) => void): () => void;
   /** After a reconnect, the server could not replay everything missed in room: refetch its state. */
   on(event: "truncated", fn: (room: string) => void): () => void;
   on<T = unknown>(event: "direct" | "message", fn: (data: T, frame: Frame<T>) => void): () => void;
@@ -100,7 +118,9 @@ export interface Live {
 }
 
 /**
- * Connects to the pubsub handler mounted at url (e.g. "/live"). Given a list of URLs (the
+ * Connects to the pubsub handler mounted at url (e.g. "/live"). When the server asks (a session expiry set
+ * by the host's middleware), it refreshes the session by itself: a POST to url with the page's cookies,
+ * which passes the host's middleware again. Given a list of URLs (the
  * instances of one app), it reconnects to the next one whenever a connection fails.
  */
 export function connect(url: string | URL | Array<string | URL>, options?: Options): Live;

@@ -10,7 +10,8 @@
 // WebSocket first, else EventSource (or { transport: "sse" }). Reconnects with
 // backoff and jitter, resumes each room from its last id. See PROTOCOL.md.
 
-const NO_RETRY = new Set([1008, 4003]); // policy, forbidden: retrying cannot help
+// policy (and misconfigured), disconnected by the server, session expired (once the host says so)
+const NO_RETRY = { 1008: "forbidden", 4003: "disconnected", 4005: "session_expired" };
 const M = "misconfigured"; // the server's middleware prevents live connections (its log says why)
 
 export function connect(url, opts = {}) {
@@ -22,7 +23,7 @@ export function connect(url, opts = {}) {
   const pending = new Map(); // ref -> { resolve, reject }
   let ws = null, es = null, timer = 0, attempt = 0, ref = 0, closed = false, lastEventId = "", wsWorked = false;
   let mode = o.transport === "sse" ? "sse" : "ws";
-  let sseRebuild = 0;
+  let sseRebuild = 0, sseStale = false;
 
   const live = {
     state: "closed",
@@ -39,6 +40,7 @@ export function connect(url, opts = {}) {
       if (!r || (presence && !r.presence)) {
         if (!r) rooms.set(room, (r = { handlers: new Set(), lastId: "" }));
         r.presence = r.presence || presence;
+        r.pending = true; // until "subscribed": a server "unsubscribed" before it is about an older subscription
         if (ws?.readyState === 1) sendFrame(subscribeFrame(room, r));
         if (es) rebuildSSE();
       }
@@ -66,8 +68,9 @@ export function connect(url, opts = {}) {
     // send delivers data to a server handler that reads Conn.Messages.
     send(data) { return request({ type: "send", data }, "send", true); },
 
-    // on(event, fn) -> off: "state", "open", "closed", "error", "subscribed",
-    // "truncated" (refetch the room), "direct", "message", "presence", "join", "leave".
+    // on(event, fn) -> off: "state", "open", "closed", "error", "subscribed", "unsubscribed"
+    // (room, frame; frame.by === "server" when the server did it), "truncated" (refetch
+    // the room), "direct", "message", "presence", "join", "leave".
     on(event, fn) {
       if (!listeners.has(event)) listeners.set(event, new Set());
       listeners.get(event).add(fn);
@@ -141,8 +144,19 @@ export function connect(url, opts = {}) {
         emit("message", f.data, f);
         break;
       }
-      case "subscribed":
-        emit("subscribed", f.room);
+      case "subscribed": { // by: "server" when the server subscribed us; then it is ours, resumed like any
+        const r = rooms.get(f.room);
+        if (r && !f.by) r.pending = false;
+        if (f.by && !r) rooms.set(f.room, { handlers: new Set(), lastId: "" }), (sseStale = true);
+        emit("subscribed", f.room, f);
+        break;
+      }
+      case "unsubscribed":
+        if (f.by && rooms.has(f.room) && !rooms.get(f.room).pending) rooms.delete(f.room), (sseStale = true);
+        emit("unsubscribed", f.room, f);
+        break;
+      case "refresh": // the session expires at f.expires: renew it through the host's middleware
+        refresh(f.expires);
         break;
       case "truncated": // the server no longer has all we missed: refetch state
         emit("truncated", f.room);
@@ -236,8 +250,8 @@ export function connect(url, opts = {}) {
       if (closed) return;
       if (opened) return dropped(ev.code, ev.reason);
       probe(base).then(({ status, error }) => {
-        if (error === M) return dropped(4003, M);
-        if (status === 401 || status === 403) return dropped(4003, `HTTP ${status}`);
+        if (error === M) return dropped(1008, M);
+        if (status === 401 || status === 403) return dropped(error === "session_expired" ? 4005 : 1008, `HTTP ${status}`, true);
         // The server answers, yet WebSocket never worked: something blocks it.
         if (o.transport === "auto" && !wsWorked && status >= 200 && status < 300) {
           mode = "sse";
@@ -249,6 +263,7 @@ export function connect(url, opts = {}) {
   }
 
   function openSSE() {
+    sseStale = false;
     const src = (es = new EventSource(sseURL(), { withCredentials: base.origin !== location.origin }));
     src.onmessage = (ev) => {
       if (ev.lastEventId) lastEventId = ev.lastEventId;
@@ -256,13 +271,14 @@ export function connect(url, opts = {}) {
     };
     src.onerror = () => {
       if (es !== src) return;
-      // The browser retries by itself; given other instances, move on instead.
-      if (src.readyState === 0 && (urls.length < 2 || live.state === "open")) return setState("connecting");
+      // The browser retries by itself (unless the server changed our rooms: its URL is stale);
+      // given other instances, move on instead.
+      if (src.readyState === 0 && !sseStale && (urls.length < 2 || live.state === "open")) return setState("connecting");
       // Closed (an HTTP error) or moving on: ask why; a refused room is named in the headers.
       src.close();
       es = null;
       probe(sseURL()).then(({ status, error, room }) => {
-        if (error === M) return dropped(4003, M);
+        if (error === M) return dropped(1008, M);
         if (error === "invalid_id") {
           lastEventId = "";
           for (const room of rooms.keys()) emit("truncated", room);
@@ -273,7 +289,7 @@ export function connect(url, opts = {}) {
           fail({ code: error, room, message: `the server refused room ${room}` });
           return dropped(1006, `room ${room} refused`);
         }
-        dropped(status === 401 || status === 403 ? 4003 : 1006, `HTTP ${status}`);
+        dropped(status === 401 || status === 403 ? (error === "session_expired" ? 4005 : 1008) : 1006, `HTTP ${status}`, true);
       });
     };
   }
@@ -297,20 +313,32 @@ export function connect(url, opts = {}) {
     );
   }
 
-  function dropped(code, reason) {
+  // refresh retries what may pass later (the network, a 5xx) with backoff until the expiry.
+  function refresh(expires, delay = 500) {
+    const conn = live.conn;
+    const again = () => conn === live.conn && Date.now() + delay < expires && setTimeout(() => refresh(expires, delay * 2), delay);
+    fetch(base, { method: "POST", credentials: base.origin === location.origin ? "same-origin" : "include", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ type: "refresh", conn }) }).then(
+      (r) => r.ok || (r.status >= 500 ? again() : r.status !== 404 && fail({ code: "refresh_refused", message: `the server refused to refresh the session (HTTP ${r.status}); it ends at ${new Date(expires).toISOString()}` })),
+      again,
+    );
+  }
+
+  function dropped(code, reason, probed) {
     setState("closed", { code, reason });
     if (o.transport === "auto") mode = "ws";
     if (code === 1009) fail({ code: "too_large", message: "a message exceeded the server's size limit; the server closed the connection" });
     if (closed) return;
-    if (NO_RETRY.has(code)) {
+    // An expired session is over only if the host says so: another tab may have renewed it.
+    if (code === 4005 && !probed) return probe(base).then(({ status }) => dropped(status === 401 || status === 403 ? 4005 : 1006, reason, true));
+    if (NO_RETRY[code]) {
       closed = true;
-      fail({ code: reason === M ? M : "forbidden", message: `connection refused (${code} ${reason || ""}), not retrying` });
+      fail({ code: reason === M ? M : NO_RETRY[code], message: `connection ended (${code} ${reason || ""}), not retrying` });
       return;
     }
     // another instance, at random: a dead one's clients spread out
     base = urls[(urlIndex = (urlIndex + 1 + ((Math.random() * (urls.length - 1)) | 0)) % urls.length)];
     const cap = Math.min(o.maxDelay, o.minDelay * 2 ** attempt++);
-    const delay = Math.random() * (code === 1012 ? Math.min(cap, 1000) : cap); // full jitter
+    const delay = code === 4004 ? o.maxDelay * (1 + Math.random()) / 2 : Math.random() * (code === 1012 ? Math.min(cap, 1000) : cap); // full jitter; 4004: later
     timer = setTimeout(open, delay);
   }
 

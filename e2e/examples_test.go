@@ -63,6 +63,72 @@ func TestChatExample(t *testing.T) {
 	bob.screenshot("chat-bob")
 }
 
+// The chat's moderator (the user "admin") moves a user into a room and out
+// of it and kicks them, from the page; the kicked browser stays
+// disconnected.
+func TestChatModeratorFromThePage(t *testing.T) {
+	url := startExample(t, "chat")
+	admin, bob := newTab(t), newTab(t)
+	for name, b := range map[string]*tab{"admin": admin, "bob": bob} {
+		b.open(url)
+		b.login(name)
+		b.waitFor("live", `live.state === "open"`)
+	}
+	admin.waitFor("the moderator panel", `!document.querySelector("#mod").classList.contains("hidden")`)
+	var hidden bool
+	bob.eval(`document.querySelector("#mod").classList.contains("hidden")`, &hidden)
+	if !hidden {
+		t.Fatal("bob sees the moderator panel")
+	}
+	var firstConn string
+	bob.eval(`live.conn`, &firstConn)
+
+	admin.run(setValue("#mod-user", "bob"), setValue("#mod-room", "den"), click("#mod-move"))
+	bob.waitFor("moved into den", `document.querySelector('button[data-room="den"]')?.classList.contains("active") && document.querySelector("#notice").textContent.includes("moved you into #den")`)
+	// The room is bob's now: a message to it shows, through the REST API.
+	admin.eval(`fetch("/api/rooms/den/messages", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({text: "hello den"})}).then(r => r.status)`, nil)
+	bob.waitFor("the den's message", `document.querySelector("#log").innerText.includes("hello den")`)
+
+	admin.run(click("#mod-remove"))
+	bob.waitFor("removed from den", `!document.querySelector('button[data-room="den"]') && document.querySelector("#notice").textContent.includes("removed you from #den")`)
+
+	admin.run(click("#mod-kick"))
+	bob.waitFor("kicked", `live.state === "closed" && document.querySelector("#notice").textContent.includes("disconnected")`)
+	bob.screenshot("chat-kicked")
+	// It stays disconnected: no reconnect in the next seconds, no connection on the server.
+	time.Sleep(3 * time.Second)
+	var state string
+	bob.eval(`live.state`, &state)
+	var conns float64
+	admin.run(chromedp.Evaluate(`fetch("/api/users/bob/conns").then(r => r.json()).then(b => (b.conns || []).length)`, &conns, awaitPromise))
+	if state != "closed" || conns != 0 {
+		t.Fatalf("after the kick: bob's client is %q, the server has %v of his connections", state, conns)
+	}
+}
+
+// With expiring sessions the browser client refreshes by itself, through
+// the login middleware, and keeps its connection past the first expiry.
+func TestChatSessionRefreshesInTheBrowser(t *testing.T) {
+	url := startExample(t, "chat", "-session-ttl", "3s")
+	b := newTab(t)
+	b.open(url)
+	b.login("erin")
+	b.waitFor("live", `live.state === "open"`)
+	b.eval(`window.states = []; live.on("state", (s) => states.push(s)); true`, nil)
+	var conn string
+	b.eval(`live.conn`, &conn)
+	time.Sleep(5 * time.Second) // past the first expiry (3 s)
+	var after string
+	var states []string
+	b.eval(`live.conn`, &after)
+	b.eval(`states`, &states)
+	if after != conn || len(states) != 0 {
+		t.Fatalf("the connection changed (%s → %s) or its state did (%v): no refresh", conn, after, states)
+	}
+	b.run(setValue("#send [name=text]", "still here"), submit("#send [name=text]"))
+	b.waitFor("own message", `document.querySelector("#log").innerText.includes("still here")`)
+}
+
 // The ticker example follows prices over SSE only, and the charts move.
 func TestTickerExample(t *testing.T) {
 	url := startExample(t, "ticker", "-interval", "50ms")

@@ -15,6 +15,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -44,6 +45,7 @@ type config struct {
 	cluster       string
 	duration      time.Duration
 	subs, rooms   int
+	sseSubs       int
 	publishers    int
 	rate          int
 	churn         float64
@@ -58,6 +60,7 @@ func main() {
 	flag.StringVar(&c.cluster, "cluster", "bin/cluster", "the examples/cluster binary")
 	flag.DurationVar(&c.duration, "duration", 20*time.Minute, "how long to run the load")
 	flag.IntVar(&c.subs, "subs", 1500, "subscribers (WebSocket), spread over the instances")
+	flag.IntVar(&c.sseSubs, "sse-subs", 500, "subscribers over SSE, as EventSource does (Last-Event-ID), besides -subs")
 	flag.IntVar(&c.rooms, "rooms", 50, "rooms; subscriber i is in room i%rooms")
 	flag.IntVar(&c.publishers, "publishers", 6, "publishing connections")
 	flag.IntVar(&c.rate, "rate", 200, "messages per second, in all")
@@ -128,6 +131,16 @@ type world struct {
 	delivered, dups, truncated, reconnects, publishErrors atomic.Int64
 	latMu                                                 sync.Mutex
 	lat                                                   []time.Duration // this report interval's
+
+	endsMu sync.Mutex
+	ends   map[string]int // why connections ended, this report interval
+}
+
+// ended records why a subscriber's connection ended.
+func (w *world) ended(why string) {
+	w.endsMu.Lock()
+	w.ends[why]++
+	w.endsMu.Unlock()
 }
 
 func run(c config) error {
@@ -140,7 +153,7 @@ func run(c config) error {
 		urls = append(urls, fmt.Sprintf("http://127.0.0.1:%d", c.basePort+i))
 		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", c.routeBasePort+i))
 	}
-	w := &world{c: c, acked: make(map[string][]uint64)}
+	w := &world{c: c, acked: make(map[string][]uint64), ends: map[string]int{}}
 	for i := range 3 {
 		in := &instance{n: i, url: urls[i], key: hex.EncodeToString(key), args: []string{c.cluster, "-node", strconv.Itoa(i),
 			"-http", strings.TrimPrefix(urls[i], "http://"), "-route-port", strconv.Itoa(c.routeBasePort + i),
@@ -171,9 +184,9 @@ func run(c config) error {
 
 	ctx, stop := context.WithCancel(context.Background())
 	var subsWG, pubWG sync.WaitGroup
-	subs := make([]*subscriber, c.subs)
+	subs := make([]*subscriber, c.subs+c.sseSubs)
 	for i := range subs {
-		subs[i] = &subscriber{w: w, n: i, room: fmt.Sprint("soak:r", i%c.rooms), inst: i % 3}
+		subs[i] = &subscriber{w: w, n: i, room: fmt.Sprint("soak:r", i%c.rooms), inst: i % 3, sse: i >= c.subs}
 		subsWG.Go(func() { subs[i].run(ctx) })
 		if i%100 == 99 {
 			time.Sleep(100 * time.Millisecond)
@@ -185,8 +198,8 @@ func run(c config) error {
 		pubWG.Go(func() { w.publisher(pubCtx, i) })
 	}
 	start := time.Now()
-	fmt.Printf("# soak: 3 instances, %d WebSocket subscribers in %d rooms, %d msgs/s, churn %.0f%%/min, a restart every %v, for %v\n",
-		c.subs, c.rooms, c.rate, c.churn*100, c.restartEvery, c.duration)
+	fmt.Printf("# soak: 3 instances, %d WebSocket and %d SSE subscribers in %d rooms, %d msgs/s, churn %.0f%%/min, a restart every %v, for %v\n",
+		c.subs, c.sseSubs, c.rooms, c.rate, c.churn*100, c.restartEvery, c.duration)
 	fmt.Println("elapsed   acked  delivered  lost  dups  trunc  reconn  puberr   p50ms   p99ms   RSS MiB (n0/n1/n2)      fds           goroutines")
 	report := time.NewTicker(c.report)
 	defer report.Stop()
@@ -297,6 +310,7 @@ type subscriber struct {
 	n    int
 	room string
 	inst int
+	sse  bool
 
 	mu                sync.Mutex
 	first, last       uint64 // the first and last ids received
@@ -306,6 +320,10 @@ type subscriber struct {
 }
 
 func (s *subscriber) run(ctx context.Context) {
+	if s.sse {
+		s.runSSE(ctx)
+		return
+	}
 	perMinute := s.w.c.churn
 	for ctx.Err() == nil {
 		c, err := s.w.dial(ctx, s.inst, s.n)
@@ -328,10 +346,11 @@ func (s *subscriber) run(ctx context.Context) {
 		leave := time.Duration(rand.ExpFloat64() / perMinute * float64(time.Minute))
 		cctx, cancel := context.WithTimeout(ctx, leave)
 		s.read(cctx, c)
+		churned := cctx.Err() != nil // before cancel, which sets it
 		cancel()
 		c.CloseNow()
 		s.w.reconnects.Add(1)
-		if ctx.Err() == nil && cctx.Err() == nil {
+		if ctx.Err() == nil && !churned {
 			s.moveOn(ctx) // the connection failed: another instance
 		}
 	}
@@ -349,43 +368,119 @@ func (s *subscriber) read(ctx context.Context, c *websocket.Conn) {
 	for {
 		_, p, err := c.Read(ctx)
 		if err != nil {
+			switch {
+			case ctx.Err() != nil:
+				s.w.ended("ws left (churn)")
+			case websocket.CloseStatus(err) != -1:
+				s.w.ended(fmt.Sprintf("ws close %d", websocket.CloseStatus(err)))
+			default:
+				s.w.ended("ws error")
+			}
 			return
 		}
 		now := time.Now().UnixNano()
 		for line := range strings.SplitSeq(string(p), "\n") {
-			var f frame
-			if json.Unmarshal([]byte(line), &f) != nil {
-				continue
-			}
-			switch f.Type {
-			case "message":
-				seq, _ := strconv.ParseUint(f.ID, 10, 64)
-				s.mu.Lock()
-				if seq <= s.last {
-					s.w.dups.Add(1)
-				} else {
-					if s.first == 0 {
-						s.first = seq
-					}
-					s.last = seq
-					s.received++
-				}
-				s.mu.Unlock()
-				s.w.delivered.Add(1)
-				if f.Data.T > 0 {
-					s.w.latMu.Lock()
-					s.w.lat = append(s.w.lat, time.Duration(now-f.Data.T))
-					s.w.latMu.Unlock()
-				}
-			case "truncated":
-				s.w.truncated.Add(1)
-				s.mu.Lock()
-				s.truncatedAt = append(s.truncatedAt, s.last)
-				s.mu.Unlock()
-			}
+			s.handle(line, now)
 		}
 	}
 }
+
+// handle records one frame.
+func (s *subscriber) handle(line string, now int64) {
+	var f frame
+	if json.Unmarshal([]byte(line), &f) != nil {
+		return
+	}
+	switch f.Type {
+	case "message":
+		seq, _ := strconv.ParseUint(f.ID, 10, 64)
+		s.mu.Lock()
+		if seq <= s.last {
+			s.w.dups.Add(1)
+		} else {
+			if s.first == 0 {
+				s.first = seq
+			}
+			s.last = seq
+			s.received++
+		}
+		s.mu.Unlock()
+		s.w.delivered.Add(1)
+		if f.Data.T > 0 {
+			s.w.latMu.Lock()
+			s.w.lat = append(s.w.lat, time.Duration(now-f.Data.T))
+			s.w.latMu.Unlock()
+		}
+	case "truncated":
+		s.w.truncated.Add(1)
+		s.mu.Lock()
+		s.truncatedAt = append(s.truncatedAt, s.last)
+		s.mu.Unlock()
+	}
+}
+
+// runSSE subscribes as an EventSource does: a GET with the room in the
+// query and, on every reconnect, the last id in Last-Event-ID; a stream
+// that ends (a restart, the stream's maximum age) is opened again.
+func (s *subscriber) runSSE(ctx context.Context) {
+	perMinute := s.w.c.churn
+	for ctx.Err() == nil {
+		leave := time.Duration(rand.ExpFloat64() / perMinute * float64(time.Minute))
+		cctx, cancel := context.WithTimeout(ctx, leave)
+		_ = s.stream(cctx)
+		churned := cctx.Err() != nil // before cancel, which sets it
+		cancel()
+		s.w.reconnects.Add(1)
+		if ctx.Err() == nil && !churned {
+			s.moveOn(ctx) // the stream ended or failed: another instance
+		}
+	}
+}
+
+func (s *subscriber) stream(ctx context.Context) error {
+	u := s.w.instances[s.inst].url + "/live?room=" + url.QueryEscape(s.room)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Cookie", s.w.cookies[s.n%len(s.w.cookies)].String())
+	s.mu.Lock()
+	if s.last > 0 {
+		req.Header.Set("Last-Event-ID", strconv.FormatUint(s.last, 10))
+	}
+	s.mu.Unlock()
+	resp, err := sseClient.Do(req)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.w.ended("sse dial error")
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		s.w.ended("sse status " + resp.Status)
+		return fmt.Errorf("status %s", resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<22)
+	why := "sse eof"
+	for sc.Scan() {
+		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			if strings.HasPrefix(data, `{"type":"close"`) {
+				why = "sse " + data
+			}
+			s.handle(data, time.Now().UnixNano())
+		}
+	}
+	switch {
+	case ctx.Err() != nil:
+		why = "sse left (churn)"
+	case sc.Err() != nil && why == "sse eof":
+		why = "sse error"
+	}
+	s.w.ended(why)
+	return nil // ended by the server, or by ctx
+}
+
+var sseClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: -1, DisableKeepAlives: true}}
 
 // publisher sends its share of the rate, each message with a key it
 // retries until acknowledged.
@@ -511,6 +606,17 @@ func (w *world) print(elapsed time.Duration, subs []*subscriber, final bool) (lo
 	fmt.Printf("%7s %7d %10d %5d %5d %6d %7d %7d %7.1f %7.1f   %-22s %-14s %s\n",
 		elapsed.Round(time.Second), total, w.delivered.Load(), lost, dups, w.truncated.Load(), w.reconnects.Load(),
 		w.publishErrors.Load(), q(0.5), q(0.99), strings.Join(rss, "/"), strings.Join(fds, "/"), strings.Join(gor, "/"))
+	w.endsMu.Lock()
+	if len(w.ends) > 0 {
+		var parts []string
+		for why, n := range w.ends {
+			parts = append(parts, fmt.Sprintf("%s: %d", why, n))
+		}
+		slices.Sort(parts)
+		fmt.Printf("#   ends: %s\n", strings.Join(parts, "; "))
+		clear(w.ends)
+	}
+	w.endsMu.Unlock()
 	if final {
 		fmt.Printf("# final: %d acknowledged, %d lost, %d delivered twice or out of order on a subscription\n", total, lost, dups)
 	}

@@ -3,6 +3,11 @@
 //
 //	go run ./examples/chat            # then open http://127.0.0.1:8080
 //	go run ./examples/chat -addr :9000
+//	go run ./examples/chat -session-ttl 1m   # sessions expire: watch live connections refresh
+//
+// The user named "admin" (a name given only to a browser on this machine)
+// is the moderator: the page shows a panel that kicks users and moves them
+// between rooms through the REST routes of mountModeration.
 package main
 
 import (
@@ -29,6 +34,7 @@ var indexHTML []byte
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "listen address")
+	ttl := flag.Duration("session-ttl", 0, "sessions expire this long after the last request (0: never); live connections refresh through the login middleware")
 	flag.Parse()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
@@ -36,7 +42,9 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	if err := demoapp.Serve(*addr, newApp(ps, demoauth.New()), ps, logger); err != nil {
+	auth := demoauth.New()
+	auth.TTL = *ttl
+	if err := demoapp.Serve(*addr, newApp(ps, auth), ps, logger); err != nil {
 		log.Fatal(err)
 	}
 }
@@ -79,7 +87,12 @@ func newApp(ps *pubsub.Broker, auth *demoauth.Sessions) http.Handler {
 		writeJSON(w, http.StatusAccepted, map[string]string{"status": "sent"})
 	})
 	mux.Handle("/api/", auth.RequireLogin(api))
+	mountModeration(mux, ps, auth)
 	mountOps(mux, ps, auth)
+	// Logging out ends the user's live connections in every tab.
+	auth.OnLogout = func(r *http.Request, user string) {
+		_, _ = ps.DisconnectUser(r.Context(), user, pubsub.Disconnect{Reason: "logged out"})
+	}
 	// Connections need a login; the browser client is a public static file.
 	mux.Handle("/live", auth.RequireLogin(ps.Handler()))
 	mux.Handle("GET /live/client.js", ps.Handler())

@@ -28,12 +28,17 @@ type frame struct {
 	Data                 chatMessage
 }
 
-func newChat(t *testing.T) *httptest.Server {
+func newChat(t *testing.T) *httptest.Server { return newChatWith(t, 0) }
+
+// newChatWith runs the chat with sessions that expire after ttl (0: never).
+func newChatWith(t *testing.T, ttl time.Duration) *httptest.Server {
 	ps, err := pubsub.New(pubsub.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(newApp(ps, demoauth.New()))
+	auth := demoauth.New()
+	auth.TTL = ttl
+	srv := httptest.NewServer(newApp(ps, auth))
 	t.Cleanup(func() { _ = ps.Close(); srv.Close() })
 	return srv
 }

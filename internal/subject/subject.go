@@ -146,6 +146,11 @@ func (s Space) Presence(room string) string {
 }
 func (s Space) PresenceQuery() string { return s.ns + ".presq" }
 
+// Control is where instance answers operations on its connections;
+// ControlAll, where every instance answers operations on a user's.
+func (s Space) Control(instance string) string { return s.ns + ".ctl." + instance }
+func (s Space) ControlAll() string             { return s.ns + ".ctlall" }
+
 // Stats is where every instance answers for its counters.
 func (s Space) Stats() string     { return s.ns + ".stats" }
 func (s Space) Instances() string { return s.ns + ".presi" }

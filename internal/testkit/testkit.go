@@ -36,6 +36,8 @@ type Frame struct {
 	Code    json.RawMessage `json:"code"`
 	Message string          `json:"message"`
 	Reason  string          `json:"reason"`
+	By      string          `json:"by"`      // "server": a subscription server code made or ended
+	Expires int64           `json:"expires"` // refresh
 	Ref     json.RawMessage `json:"ref"`
 	Data    json.RawMessage `json:"data"`
 	Count   int             `json:"count"` // presence

@@ -150,6 +150,22 @@ func Reply(typ, room, id string, ref json.RawMessage) *Frame {
 	return &Frame{JSON: append(b, '}')}
 }
 
+// ServerMade builds {"type":typ,"room":room,"by":"server"}: a subscription
+// the server made or ended, not an answer to the client's request.
+func ServerMade(typ, room string) *Frame {
+	b := append([]byte(`{"type":`), AppendString(nil, typ)...)
+	b = append(b, `,"room":`...)
+	b = AppendString(b, room)
+	return &Frame{JSON: append(b, `,"by":"server"}`...)}
+}
+
+// Refresh asks the client to refresh its session before expires (Unix
+// milliseconds).
+func Refresh(expires int64) *Frame {
+	b := append([]byte(`{"type":"refresh","expires":`), strconv.FormatInt(expires, 10)...)
+	return &Frame{JSON: append(b, '}')}
+}
+
 // Error builds an error frame.
 func Error(code, message, room string, ref json.RawMessage) *Frame {
 	b := append([]byte(`{"type":"error","code":`), AppendString(nil, code)...)

@@ -1,7 +1,11 @@
 // Package demoauth is the examples' own cookie login: what a host app
-// already has. The cookie holds the user name and an HMAC of it, keyed per
-// process (a restart means logging in again). Its middleware names the user
-// with pubsub.ContextWithUser, which is all the pubsub handler needs.
+// already has. The cookie holds the user name, its expiry and an HMAC of
+// both, keyed per process (a restart means logging in again). Its
+// middleware names the user with pubsub.ContextWithUser, which is all the
+// pubsub handler needs, and, when sessions expire (TTL), renews the cookie
+// on every request and tells the connection the session's expiry with
+// pubsub.ContextWithExpiry: a live connection then lives exactly as long as
+// the session, refreshed through this same middleware.
 package demoauth
 
 import (
@@ -13,7 +17,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/roomcast/pubsub"
@@ -23,7 +29,15 @@ import (
 const CookieName = "demo_session"
 
 // Sessions signs and checks session cookies.
-type Sessions struct{ key []byte }
+type Sessions struct {
+	key []byte
+	// TTL, when set, makes sessions expire TTL after the last request that
+	// carried them (a sliding expiry). Zero: sessions do not expire.
+	TTL time.Duration
+	// OnLogout, when set, is called with the user who logs out (the chat
+	// ends that user's live connections in every tab).
+	OnLogout func(r *http.Request, user string)
+}
 
 // New returns Sessions with a random key.
 func New() *Sessions {
@@ -36,22 +50,47 @@ func New() *Sessions {
 // that shares key.
 func NewWithKey(key []byte) *Sessions { return &Sessions{key: key} }
 
-func (s *Sessions) sign(name string) string {
+// sign makes a cookie value for name, valid until exp (Unix seconds, 0:
+// forever).
+func (s *Sessions) sign(name string, exp int64) string {
 	m := hmac.New(sha256.New, s.key)
-	m.Write([]byte(name))
-	return base64.RawURLEncoding.EncodeToString([]byte(name)) + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+	payload := base64.RawURLEncoding.EncodeToString([]byte(name)) + "." + strconv.FormatInt(exp, 10)
+	m.Write([]byte(payload))
+	return payload + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
-func (s *Sessions) verify(v string) (string, bool) {
-	enc, _, ok := strings.Cut(v, ".")
-	if !ok {
-		return "", false
+func (s *Sessions) verify(v string) (name string, exp int64, ok bool) {
+	parts := strings.Split(v, ".")
+	if len(parts) != 3 {
+		return "", 0, false
 	}
-	name, err := base64.RawURLEncoding.DecodeString(enc)
-	if err != nil || !hmac.Equal([]byte(s.sign(string(name))), []byte(v)) {
-		return "", false
+	n, err := base64.RawURLEncoding.DecodeString(parts[0])
+	if err != nil {
+		return "", 0, false
 	}
-	return string(name), true
+	exp, err = strconv.ParseInt(parts[1], 10, 64)
+	if err != nil || !hmac.Equal([]byte(s.sign(string(n), exp)), []byte(v)) {
+		return "", 0, false
+	}
+	if exp != 0 && time.Now().Unix() >= exp {
+		return "", 0, false // expired
+	}
+	return string(n), exp, true
+}
+
+// setCookie starts or renews name's session.
+func (s *Sessions) setCookie(w http.ResponseWriter, name string) time.Time {
+	ck := &http.Cookie{Name: CookieName, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode}
+	var exp time.Time
+	if s.TTL > 0 {
+		exp = time.Now().Add(s.TTL).Truncate(time.Second)
+		ck.Expires = exp
+		ck.Value = s.sign(name, exp.Unix())
+	} else {
+		ck.Value = s.sign(name, 0)
+	}
+	http.SetCookie(w, ck)
+	return exp
 }
 
 // Login handles POST /login with form field "name". It answers JSON
@@ -68,7 +107,7 @@ func (s *Sessions) Login(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the name "+OperatorName+" is for the operator, on the server's own machine", http.StatusForbidden)
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: s.sign(name), Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode})
+	s.setCookie(w, name)
 	if strings.Contains(r.Header.Get("Accept"), "application/json") {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]string{"name": name})
@@ -79,6 +118,9 @@ func (s *Sessions) Login(w http.ResponseWriter, r *http.Request) {
 
 // Logout handles POST /logout.
 func (s *Sessions) Logout(w http.ResponseWriter, r *http.Request) {
+	if name, ok := s.User(r); ok && s.OnLogout != nil {
+		s.OnLogout(r, name)
+	}
 	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: "/", MaxAge: -1})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
@@ -89,12 +131,15 @@ func (s *Sessions) User(r *http.Request) (string, bool) {
 	if err != nil {
 		return "", false
 	}
-	return s.verify(c.Value)
+	name, _, ok := s.verify(c.Value)
+	return name, ok
 }
 
 // RequireLogin is ordinary app middleware: 401 without a session, and the
 // user stored with pubsub.ContextWithUser otherwise. Put it in front of the app's
-// REST API and of the pubsub handler alike.
+// REST API and of the pubsub handler alike. With a TTL it renews the
+// session and names its new expiry with pubsub.ContextWithExpiry, so a
+// live connection asks to refresh through here before the session ends.
 func (s *Sessions) RequireLogin(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		name, ok := s.User(r)
@@ -102,7 +147,11 @@ func (s *Sessions) RequireLogin(next http.Handler) http.Handler {
 			http.Error(w, "login required", http.StatusUnauthorized)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(pubsub.ContextWithUser(r.Context(), name)))
+		ctx := pubsub.ContextWithUser(r.Context(), name)
+		if s.TTL > 0 {
+			ctx = pubsub.ContextWithExpiry(ctx, s.setCookie(w, name))
+		}
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 
