@@ -48,10 +48,12 @@ type Conn struct {
 	user      string
 	ctx       context.Context
 	cancel    context.CancelFunc
-	ws        *wsConn     // nil for SSE
-	sse       *sseStream  // nil for WebSocket
-	keepalive *time.Timer // of a WebSocket or a hijacked SSE stream
-	lease     *lease      // the session's expiry; nil without one
+	ws        *wsConn      // nil for SSE
+	sse       *sseStream   // nil for WebSocket
+	keepalive *time.Timer  // of a WebSocket or a hijacked SSE stream
+	lease     *lease       // the session's expiry; nil without one
+	calls     callState    // calls being answered (call.go)
+	inbox     *inboxReader // its user's inbox (inbox.go); nil without one
 	since     time.Time
 
 	mu          sync.Mutex // the lifecycle and the rooms
@@ -82,6 +84,10 @@ func (b *Broker) newConn(ctx context.Context, user string) *Conn {
 	}
 	if ends := ExpiryFromContext(ctx); !ends.IsZero() {
 		c.lease = &lease{c: c, ends: ends}
+	}
+	c.calls.init(ctx)
+	if b.inbox != nil && user != "" {
+		c.inbox = &inboxReader{c: c}
 	}
 	return c
 }
@@ -292,6 +298,8 @@ func (c *Conn) closeWith(code int, reason string, err error, drain bool) (closed
 		c.keepalive.Stop()
 	}
 	c.lease.stop()
+	c.calls.end() // their handlers' contexts: the connection waits for them
+	c.closeInbox()
 	for room, t := range rooms {
 		c.b.pres.Left(room, c.user)
 		c.removeFrom(t)
@@ -465,7 +473,10 @@ func (c *Conn) leaveRoom(room string, ack *wire.Frame, ackIfLeft bool) (left boo
 }
 
 // joinUser subscribes the connection to its user's messages.
-func (c *Conn) joinUser() error {
+// The welcome frame is queued in the same critical section as the join,
+// so it comes before any of the user's messages, and a client that has it
+// gets every message sent to its user from then on.
+func (c *Conn) joinUser(welcome *wire.Frame) error {
 	t, err := c.acquire(wire.KindUser, c.user, c.b.subjects.User(c.user))
 	if err != nil {
 		return err
@@ -479,6 +490,7 @@ func (c *Conn) joinUser() error {
 			return false
 		}
 		c.userTopic, added = t, !already
+		c.out.Enqueue(welcome) // the first frame: the queue cannot be full
 		return added
 	})
 	if !added {

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/roomcast/pubsub/internal/control"
+	"github.com/roomcast/pubsub/internal/protocol"
 	"github.com/roomcast/pubsub/internal/subject"
 	"github.com/roomcast/pubsub/internal/wire"
 )
@@ -305,6 +306,16 @@ func (b *Broker) applyControl(req control.Request) control.Reply {
 			}
 		case control.Conns:
 			rep.Conns = append(rep.Conns, c.info())
+			rep.N++
+		case control.Frame:
+			if c.user == "" || c.user != req.User {
+				return control.Reply{Err: control.ErrNotOwner}
+			}
+			if !c.busy() { // closing: the connection must not end under it
+				return control.Reply{Err: control.ErrNoSuchConn}
+			}
+			protocol.Handle(session{c: c}, req.Frame) // its answers go on the connection
+			c.bg.Done()
 			rep.N++
 		case control.Refresh:
 			if c.user == "" || c.user != req.User {

@@ -47,7 +47,7 @@ func (b *Broker) Handler() http.Handler {
 			b.probe(w, r)
 			return
 		case http.MethodPost:
-			b.serveRefresh(w, r)
+			b.servePost(w, r)
 			return
 		}
 		c, err := b.accept(w, r, !b.cfg.holdRequests)
@@ -164,20 +164,21 @@ func (b *Broker) start(c *Conn) error {
 		}
 		return err
 	}
-	c.reply(wire.Welcome(c.id, c.user))
+	welcome := wire.Welcome(c.id, c.user)
+	if c.user == "" {
+		c.reply(welcome)
+	} else if err := c.joinUser(welcome); err != nil {
+		b.log.Error("pubsub: subscribing user", "user", c.user, "err", err)
+		c.closeWith(CloseInternalError, "internal error", err, false)
+		if c.sse == nil || c.sse.conn == nil { // a hijacked stream finishes by itself
+			c.serve(nil) // wind the connection down before returning
+		}
+		return err
+	}
 	if c.lease != nil {
 		c.lease.start()
 	}
-	if c.user != "" {
-		if err := c.joinUser(); err != nil {
-			b.log.Error("pubsub: subscribing user", "user", c.user, "err", err)
-			c.closeWith(CloseInternalError, "internal error", err, false)
-			if c.sse == nil || c.sse.conn == nil { // a hijacked stream finishes by itself
-				c.serve(nil) // wind the connection down before returning
-			}
-			return err
-		}
-	}
+	c.openInbox()
 	return nil
 }
 

@@ -45,6 +45,10 @@ type config struct {
 	keepAlive       time.Duration
 	pongTimeout     time.Duration
 	sseMaxAge       time.Duration
+	calls           map[string]CallHandler
+	inbox           *History
+	callsInFlight   int
+	callTimeout     time.Duration
 	maxRooms        int
 	history         []history.Rule
 	storeDir        string
@@ -237,6 +241,8 @@ func defaults() config {
 		keepAlive:       DefaultKeepAlive,
 		pongTimeout:     DefaultPongTimeout,
 		sseMaxAge:       DefaultSSEMaxAge,
+		callsInFlight:   DefaultCallsInFlight,
+		callTimeout:     DefaultCallTimeout,
 		maxRooms:        DefaultMaxRooms,
 		presenceTimeout: DefaultPresenceTimeout,
 	}
@@ -251,8 +257,16 @@ func (cfg *config) validate() error {
 		return fmt.Errorf("pubsub: %w", err)
 	}
 	if cfg.maxMessage <= 0 || cfg.queueMessages <= 0 || cfg.queueBytes <= 0 || cfg.writeTimeout <= 0 ||
-		cfg.keepAlive <= 0 || cfg.pongTimeout <= 0 || cfg.maxRooms <= 0 {
+		cfg.keepAlive <= 0 || cfg.pongTimeout <= 0 || cfg.maxRooms <= 0 || cfg.callsInFlight <= 0 || cfg.callTimeout <= 0 {
 		return errors.New("pubsub: sizes, limits and durations in options must be positive")
+	}
+	if cfg.inbox != nil && (cfg.inbox.Messages <= 0 || cfg.inbox.MaxAge < 0) {
+		return errors.New("pubsub: WithInbox needs a number of messages per user (History.Messages > 0): an inbox must be bounded")
+	}
+	for method := range cfg.calls {
+		if method == "" || len(method) > 64 {
+			return fmt.Errorf("pubsub: WithCall: method %q must be 1 to 64 bytes", truncate(method))
+		}
 	}
 	if cfg.natsURLSet && strings.TrimSpace(cfg.natsURL) == "" {
 		return errors.New("pubsub: WithNATSURL was given an empty URL (an unset environment variable?); leave the option out to run the embedded server")

@@ -37,6 +37,7 @@ import (
 	"github.com/roomcast/pubsub/internal/control"
 	"github.com/roomcast/pubsub/internal/fanout"
 	"github.com/roomcast/pubsub/internal/history"
+	"github.com/roomcast/pubsub/internal/inbox"
 	"github.com/roomcast/pubsub/internal/lograte"
 	"github.com/roomcast/pubsub/internal/presence"
 	"github.com/roomcast/pubsub/internal/stats"
@@ -65,6 +66,9 @@ type Broker struct {
 	stats    *stats.Set         // nil with WithoutStats
 	statsSub *nats.Subscription // answers ClusterStats
 	ctl      *control.Plane     // operations on connections across instances
+	handlers callHandlers       // call handlers running (call.go)
+	inbox    *inbox.Store       // nil without WithInbox
+	inboxes  *inboxes           // this instance's inbox readers
 	logLimit *lograte.Limiter   // repeated causes (a misconfigured path) log once a minute
 	logNoisy *lograte.Limiter   // events that come in bursts (slow consumers, refused requests) once in 10 s
 	ready    readiness          // Ready's cached answer
@@ -130,6 +134,9 @@ func (b *Broker) connect() error {
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			b.log.Warn("pubsub: NATS connection back", "server", nc.ConnectedUrlRedacted())
+			if b.inboxes != nil {
+				b.inboxes.cue("", 0) // cues may have been lost meanwhile
+			}
 		}),
 	}
 	var err error
@@ -147,7 +154,7 @@ func (b *Broker) connect() error {
 		}
 		// A leaf node uses the JetStream of the system it joins, shared by
 		// every instance; a local one would keep each instance's history apart.
-		if len(cfg.history) > 0 && len(eo.LeafRemotes) == 0 {
+		if (len(cfg.history) > 0 || cfg.inbox != nil) && len(eo.LeafRemotes) == 0 {
 			eo.JetStream = true
 			if cfg.storeDir != "" {
 				eo.StoreDir = cfg.storeDir
@@ -178,6 +185,18 @@ func (b *Broker) connect() error {
 		}
 		b.hist, err = history.Open(hc)
 		if err != nil {
+			return err
+		}
+	}
+	if cfg.inbox != nil {
+		ownStore := b.srv != nil && len(cfg.embedded.LeafRemotes) == 0
+		if b.inbox, err = inbox.Open(inbox.Config{
+			NC: b.nc, Subjects: b.subjects, Namespace: cfg.namespace, Messages: cfg.inbox.Messages, MaxAge: cfg.inbox.MaxAge,
+			File: !ownStore || cfg.storeDir != "", Replicas: cfg.historyReplicas, Domain: cfg.jsDomain,
+		}); err != nil {
+			return err
+		}
+		if err = b.startInboxes(); err != nil {
 			return err
 		}
 	}
@@ -402,6 +421,16 @@ func (b *Broker) shutdownNow(ctx context.Context) error {
 		}
 		<-done
 	}
+	// Call handlers that ignore their context: waited for as long as ctx
+	// allows, then left behind with one line naming them.
+	handlers := make(chan struct{})
+	go func() { b.handlers.Wait(); close(handlers) }()
+	select {
+	case <-handlers:
+	case <-ctx.Done():
+		b.log.Error("pubsub: call handlers still running at shutdown: they must return when their context ends", "methods", b.handlers.running())
+		err = ctx.Err()
+	}
 	b.fan.Stop()
 	b.pres.Shutdown()
 	b.teardownNATS()
@@ -418,6 +447,9 @@ func (b *Broker) teardownNATS() {
 		}
 		if b.ctl != nil {
 			b.ctl.Stop()
+		}
+		if b.inboxes != nil {
+			_ = b.inboxes.cues.Unsubscribe()
 		}
 		if b.fan != nil {
 			b.fan.Stop()

@@ -19,6 +19,8 @@ export interface Frame<T = unknown> {
 export interface ClientError extends Error {
   /**
    * "bad_request", "invalid_room", "forbidden", "too_many_rooms", "unsupported", "no_history", "invalid_id", "internal",
+   * "outcome_unknown", "store_failed" (publish), "no_handler", "too_many_calls", "timeout" or the handler's own code (call),
+   * "no_such_conn" (over SSE: the connection ended while a frame was POSTed), "no_inbox",
    * "closed", "too_large", "misconfigured" (the server's middleware prevents live connections: see its log; the client
    * does not retry), "disconnected" (the server ended the connection, close 4003; the client does not reconnect),
    * "session_expired" (close 4005: the session was not refreshed in time and the host refuses the client now),
@@ -62,7 +64,7 @@ export interface PresenceEvent {
 }
 
 export interface Options {
-  /** "auto" (WebSocket, falling back to SSE), "websocket", or "sse" (receive-only). Default "auto". */
+  /** "auto" (WebSocket, falling back to SSE), "websocket", or "sse" (its frames are POSTed to the same URL). Default "auto". */
   transport?: "auto" | "websocket" | "sse";
   /** Backoff bounds in milliseconds, with full jitter. Default 500 and 20000. */
   minDelay?: number;
@@ -84,17 +86,23 @@ export interface Live {
    */
   subscribe<T = unknown>(room: string, handler: (data: T, frame: Frame<T>) => void, options?: { presence?: boolean }): () => void;
   /**
-   * Publishes to a room (WebSocket only, if the server allows it); resolves with the message id.
+   * Publishes to a room (if the server allows it); resolves with the message id.
    * key (default: a random one) is the idempotency key: in a room with history, publishing again
    * with the same key stores the message once. A rejection's error carries .key for that retry.
    */
   publish(room: string, data: unknown, key?: string): Promise<string>;
-  /** The room's last stored messages, oldest first (WebSocket only; rooms with history). */
+  /** The room's last stored messages, oldest first (rooms with history). */
   history<T = unknown>(room: string, limit?: number): Promise<Array<{ id: string; from?: string; time: string; data: T }>>;
-  /** Who is in room on every instance, one page of members at a time (WebSocket only). */
+  /** Who is in room on every instance, one page of members at a time. */
   presence(room: string, page?: { after?: string; limit?: number }): Promise<Presence>;
-  /** Sends data to a server handler reading Conn.Messages (WebSocket only). */
+  /** Sends data to a server handler reading Conn.Messages (WebSocket only: over SSE it is refused with "unsupported"). */
   send(data: unknown): Promise<void>;
+  /**
+   * Asks the server's handler of method (Go: pubsub.WithCall) and resolves with its reply. Rejects with an error whose
+   * code is the handler's own (its CallError), "no_handler", "too_many_calls", "timeout" (after timeout ms, default
+   * 10000, or the server's limit) or "internal" (the handler failed; its text stays on the server).
+   */
+  call<T = unknown>(method: string, data?: unknown, options?: { timeout?: number }): Promise<T>;
   on(event: "state", fn: (state: State, detail?: StateDetail) => void): () => void;
   on(event: "open" | "connecting" | "closed", fn: (detail?: StateDetail) => void): () => void;
   on(event: "error", fn: (err: ClientError) => void): () => void;
@@ -113,6 +121,13 @@ export interface Live {
   on(event: "presence", fn: (presence: Presence) => void): () => void;
   /** A user's first connection joined, or their last one left, a room subscribed with { presence: true }. */
   on(event: "join" | "leave", fn: (event: PresenceEvent) => void): () => void;
+  /**
+   * A message kept in this user's inbox (sent while away, or now). Once every listener returned without throwing,
+   * the client acknowledges it: read, for all of the user's tabs.
+   */
+  on<T = unknown>(event: "inbox", fn: (data: T, frame: { id: string; time: string; data: T }) => void): () => void;
+  /** The inbox was full: older messages may have been dropped. */
+  on(event: "inbox_truncated", fn: () => void): () => void;
   /** Closes for good: no reconnect. */
   close(): void;
 }

@@ -41,15 +41,13 @@ export function connect(url, opts = {}) {
         if (!r) rooms.set(room, (r = { handlers: new Set(), lastId: "" }));
         r.presence = r.presence || presence;
         r.pending = true; // until "subscribed": a server "unsubscribed" before it is about an older subscription
-        if (ws?.readyState === 1) sendFrame(subscribeFrame(room, r));
-        if (es) rebuildSSE();
+        change(subscribeFrame(room, r));
       }
       r.handlers.add(handler);
       return () => {
         if (!r.handlers.delete(handler) || r.handlers.size || rooms.get(room) !== r) return;
         rooms.delete(room);
-        if (ws?.readyState === 1) sendFrame({ type: "unsubscribe", room });
-        if (es) rebuildSSE();
+        change({ type: "unsubscribe", room });
       };
     },
 
@@ -67,6 +65,10 @@ export function connect(url, opts = {}) {
 
     // send delivers data to a server handler that reads Conn.Messages.
     send(data) { return request({ type: "send", data }, "send", true); },
+
+    // call asks the server's handler of method (WithCall) and resolves with its reply,
+    // or rejects with an Error with .code (the handler's, or "no_handler", "timeout"...).
+    call(method, data = null, { timeout = 10000 } = {}) { return request({ type: "call", method, data, timeout }, "call", false, (timeout || 10000) + 2000); },
 
     // on(event, fn) -> off: "state", "open", "closed", "error", "subscribed", "unsubscribed"
     // (room, frame; frame.by === "server" when the server did it), "truncated" (refetch
@@ -89,9 +91,11 @@ export function connect(url, opts = {}) {
   };
 
   function emit(event, ...args) {
+    let ok = true;
     for (const fn of listeners.get(event) || []) {
-      try { fn(...args); } catch (e) { console.error(e); }
+      try { fn(...args); } catch (e) { console.error(e); ok = false; }
     }
+    return ok;
   }
 
   function setState(s, detail) {
@@ -107,18 +111,39 @@ export function connect(url, opts = {}) {
     emit("error", Object.assign(new Error(text), err));
   }
 
-  function request(frame, what, noAck) {
-    if (mode === "sse") return Promise.reject(Object.assign(new Error(`roomcast: cannot ${what} over SSE`), { code: "unsupported" }));
-    if (ws?.readyState !== 1) return Promise.reject(Object.assign(new Error(`roomcast: not connected`), { code: "closed" }));
+  const error = (code, message) => Object.assign(new Error(`roomcast: ${message}`), { code });
+
+  // request sends a frame (over SSE: POSTed, see post) and resolves with its answer.
+  function request(frame, what, noAck, ms) {
+    if (ws?.readyState !== 1 && !(es && live.state === "open")) return Promise.reject(error("closed", `cannot ${what}: not connected`));
     if (noAck) return Promise.resolve(sendFrame(frame));
     return new Promise((resolve, reject) => {
-      frame.ref = ++ref;
-      pending.set(frame.ref, { resolve, reject });
-      sendFrame(frame);
+      const r = (frame.ref = ++ref);
+      pending.set(r, { resolve, reject });
+      if (ms) setTimeout(() => pending.delete(r) && reject(error("timeout", `no answer to ${what} in ${ms} ms`)), ms);
+      Promise.resolve(sendFrame(frame)).catch((e) => pending.delete(r) && reject(e));
     });
   }
 
-  function sendFrame(frame) { ws.send(JSON.stringify(frame)); }
+  // A room change: over SSE POSTed (the stream's URL, stale now, is rebuilt when it reconnects);
+  // anonymous, or if the POST fails, a new stream.
+  function change(f) {
+    if (ws?.readyState === 1) sendFrame(f);
+    else if (es) live.user && live.state === "open" ? ((sseStale = true), post(f).catch(rebuildSSE)) : rebuildSSE();
+  }
+
+  function sendFrame(frame) { return ws?.readyState === 1 ? ws.send(JSON.stringify(frame)) : post(frame); }
+
+  // An EventSource cannot send: its frames are POSTed to the same URL, through the
+  // host's middleware, for this connection, one after the other; answers come on the stream.
+  let posting = Promise.resolve();
+  function post(frame) {
+    const body = JSON.stringify({ ...frame, conn: live.conn });
+    const p = posting.then(() => fetch(base, { method: "POST", credentials: base.origin === location.origin ? "same-origin" : "include", headers: { "Content-Type": "application/json" }, body }))
+      .then((r) => { if (!r.ok) throw error(r.headers.get("Roomcast-Error") || "closed", `the server refused a ${frame.type} (HTTP ${r.status})`); });
+    posting = p.catch(() => {});
+    return p;
+  }
 
   function rejectPending() {
     for (const p of pending.values()) p.reject(Object.assign(new Error("roomcast: connection closed"), { code: "closed" }));
@@ -155,6 +180,12 @@ export function connect(url, opts = {}) {
         if (f.by && rooms.has(f.room) && !rooms.get(f.room).pending) rooms.delete(f.room), (sseStale = true);
         emit("unsubscribed", f.room, f);
         break;
+      case "inbox": // kept for this user while away: acknowledged (read, for all tabs) once the listeners took it
+        if (listeners.get("inbox")?.size && emit("inbox", f.data, f)) Promise.resolve(sendFrame({ type: "ack", id: f.id })).catch(() => {});
+        break;
+      case "inbox_truncated":
+        emit("inbox_truncated");
+        break;
       case "refresh": // the session expires at f.expires: renew it through the host's middleware
         refresh(f.expires);
         break;
@@ -176,10 +207,11 @@ export function connect(url, opts = {}) {
         }
       // fall through: the answer to presence()
       case "published":
+      case "reply":
       case "history": {
         const p = pending.get(f.ref);
         pending.delete(f.ref);
-        p?.resolve(f.type === "history" ? f.messages : f.type === "presence" ? f : f.id);
+        p?.resolve(f.type === "history" ? f.messages : f.type === "presence" ? f : f.type === "reply" ? f.data : f.id);
         break;
       }
       case "error": {
@@ -273,7 +305,7 @@ export function connect(url, opts = {}) {
       if (es !== src) return;
       // The browser retries by itself (unless the server changed our rooms: its URL is stale);
       // given other instances, move on instead.
-      if (src.readyState === 0 && !sseStale && (urls.length < 2 || live.state === "open")) return setState("connecting");
+      if (src.readyState === 0 && !sseStale && (urls.length < 2 || live.state === "open")) return rejectPending(), setState("connecting");
       // Closed (an HTTP error) or moving on: ask why; a refused room is named in the headers.
       src.close();
       es = null;
@@ -324,6 +356,7 @@ export function connect(url, opts = {}) {
   }
 
   function dropped(code, reason, probed) {
+    rejectPending();
     setState("closed", { code, reason });
     if (o.transport === "auto") mode = "ws";
     if (code === 1009) fail({ code: "too_large", message: "a message exceeded the server's size limit; the server closed the connection" });

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/chromedp/chromedp"
+
 	"github.com/roomcast/pubsub"
 )
 
@@ -116,9 +118,14 @@ func TestBrowserSubscribesOverWebSocket(t *testing.T) {
 	b.screenshot("client-websocket")
 }
 
-// A proxy that strips WebSocket upgrades: the client falls back to SSE.
+// A proxy that strips WebSocket upgrades: the client falls back to SSE and
+// still does everything: subscribes after connecting, publishes and calls,
+// its frames POSTed to the same path through the same cookie check.
 func TestBrowserFallsBackToSSEWhenWebSocketIsBlocked(t *testing.T) {
-	ps := newBroker(t)
+	ps := newBroker(t, pubsub.WithClientPublish(func(context.Context, string, string) error { return nil }),
+		pubsub.WithCall("whoami", func(_ context.Context, c pubsub.Call) ([]byte, error) {
+			return []byte(`{"user":` + jsString(c.Conn.User()) + `,"transport":` + jsString(c.Conn.Transport()) + `}`), nil
+		}))
 	var blocked int
 	var mu sync.Mutex
 	srv := libServer(t, ps, func(next http.Handler) http.Handler {
@@ -134,22 +141,38 @@ func TestBrowserFallsBackToSSEWhenWebSocketIsBlocked(t *testing.T) {
 		})
 	})
 	b := newTab(t)
-	b.open(srv.URL + "/?rooms=lobby")
+	b.open(srv.URL + "/login?name=sam&then=rooms=lobby")
 	b.waitFor("open over SSE", `live.state === "open" && live.transport === "sse"`)
 	b.waitFor("subscription", subscribedTo("lobby", 1))
 	publish(t, ps, "lobby", "over sse")
 	b.waitFor("message", received("lobby", "over sse"))
-	// A room joined later reconnects the EventSource with it.
+	b.eval(`window.opened = events.filter(e => e.kind === "state").length; true`, nil)
+	// A room joined later: a POSTed subscribe, the stream stays.
 	b.eval(`join("late")`, nil)
 	b.waitFor("late subscription", subscribedTo("late", 1))
 	publish(t, ps, "late", "late message")
 	publish(t, ps, "lobby", "still lobby")
 	b.waitFor("both rooms", received("late", "late message")+" && "+received("lobby", "still lobby"))
-	// Publishing is refused over SSE, with a clear error.
-	var code string
-	b.eval(`live.publish("lobby", {}).then(() => "ok", e => e.code)`, &code)
-	if code != "unsupported" {
-		t.Fatalf("publish over SSE: %q", code)
+	// Publishing and calling over SSE.
+	var id string
+	b.run(chromedp.Evaluate(`live.publish("lobby", {text: "from sse"}).then(id => id, e => "error " + e.code)`, &id, awaitPromise))
+	if id == "" || strings.HasPrefix(id, "error") {
+		t.Fatalf("publish over SSE: %q", id)
+	}
+	b.waitFor("own message", received("lobby", "from sse"))
+	var reply string
+	b.run(chromedp.Evaluate(`live.call("whoami").then(r => JSON.stringify(r), e => "error " + e.code)`, &reply, awaitPromise))
+	if reply != `{"user":"sam","transport":"sse"}` {
+		t.Fatalf("call over SSE: %s", reply)
+	}
+	b.run(chromedp.Evaluate(`live.call("nobody").then(r => "ok", e => e.code)`, &reply, awaitPromise))
+	if reply != "no_handler" {
+		t.Fatalf("call of no handler: %s", reply)
+	}
+	var reconnects int
+	b.eval(`events.filter(e => e.kind === "state").length - opened`, &reconnects)
+	if reconnects != 0 {
+		t.Errorf("the stream changed state %d times: subscribing should not reconnect it", reconnects)
 	}
 	mu.Lock()
 	defer mu.Unlock()

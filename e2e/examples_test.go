@@ -5,6 +5,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -127,6 +130,69 @@ func TestChatSessionRefreshesInTheBrowser(t *testing.T) {
 	}
 	b.run(setValue("#send [name=text]", "still here"), submit("#send [name=text]"))
 	b.waitFor("own message", `document.querySelector("#log").innerText.includes("still here")`)
+}
+
+// A direct message to someone who has never logged in waits in their
+// inbox and shows when they do; it is not shown twice after a reload.
+func TestChatDirectMessageToOfflineUser(t *testing.T) {
+	url := startExample(t, "chat")
+	alice := newTab(t)
+	alice.open(url)
+	alice.login("alice")
+	alice.waitFor("live", `live.state === "open"`)
+	alice.run(click("#dms"), setValue("#send [name=to]", "carol"), setValue("#send [name=text]", "while you were away"), submit("#send [name=text]"))
+	alice.waitFor("own copy", `document.querySelector("#log").innerText.includes("while you were away")`)
+
+	carol := newTab(t)
+	carol.open(url)
+	carol.login("carol")
+	carol.waitFor("the waiting DM", `document.querySelector("#dms").textContent.includes("(1)")`)
+	carol.run(click("#dms"))
+	carol.waitFor("its text", `document.querySelector("#log").innerText.includes("while you were away")`)
+	// Shown, so acknowledged: a reload does not bring it back.
+	time.Sleep(500 * time.Millisecond)
+	carol.open(url)
+	carol.waitFor("live again", `live.state === "open"`)
+	time.Sleep(time.Second)
+	var dms string
+	carol.eval(`document.querySelector("#dms").textContent`, &dms)
+	if dms != "Direct messages" {
+		t.Fatalf("after a reload: %q", dms)
+	}
+}
+
+// With WebSocket blocked by a proxy in front of it, the chat works fully
+// over SSE: joining a room, sending with a call, direct messages.
+func TestChatWithWebSocketBlocked(t *testing.T) {
+	backend, _ := neturl.Parse(startExample(t, "chat"))
+	rp := httputil.NewSingleHostReverseProxy(backend)
+	rp.FlushInterval = -1
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "" {
+			http.Error(w, "WebSocket blocked by policy", http.StatusForbidden)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	alice, bob := newTab(t), newTab(t)
+	for name, b := range map[string]*tab{"alice": alice, "bob": bob} {
+		b.open(front.URL)
+		b.login(name)
+		b.waitFor("live over SSE", `live.state === "open" && live.transport === "sse"`)
+		b.run(setValue("#join [name=room]", "blocked"), submit("#join [name=room]"))
+		b.waitFor("room button", `document.querySelector('button[data-room="blocked"]')?.classList.contains("active")`)
+	}
+	time.Sleep(300 * time.Millisecond) // the subscribe POST's round trip
+	alice.run(setValue("#send [name=text]", "over sse only"), submit("#send [name=text]"))
+	bob.waitFor("alice's message", `document.querySelector("#log").innerText.includes("over sse only")`)
+	alice.run(click("#dms"), setValue("#send [name=to]", "bob"), setValue("#send [name=text]", "dm over sse"), submit("#send [name=text]"))
+	bob.waitFor("DM badge", `document.querySelector("#dms").textContent.includes("(1)")`)
+	var transport string
+	bob.eval(`live.transport`, &transport)
+	if transport != "sse" {
+		t.Fatalf("transport %q", transport)
+	}
 }
 
 // The ticker example follows prices over SSE only, and the charts move.

@@ -38,7 +38,7 @@ func main() {
 	flag.Parse()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
-	ps, err := pubsub.New(pubsub.WithLogger(logger))
+	ps, err := newBroker(pubsub.WithLogger(logger))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -76,8 +76,8 @@ func newApp(ps *pubsub.Broker, auth *demoauth.Sessions) http.Handler {
 		}
 		from, to := pubsub.UserFromContext(r.Context()), r.PathValue("user")
 		msg, _ := json.Marshal(chatMessage{From: from, To: to, Text: text, At: time.Now().UTC()})
-		// The recipient's tabs and the sender's other tabs.
-		if err := ps.SendToUser(r.Context(), to, msg); err != nil {
+		// The recipient's inbox (their tabs now, or when they log in) and the sender's other tabs.
+		if _, err := ps.SendToInbox(r.Context(), to, msg); err != nil {
 			writeError(w, err)
 			return
 		}

@@ -32,7 +32,7 @@ func newChat(t *testing.T) *httptest.Server { return newChatWith(t, 0) }
 
 // newChatWith runs the chat with sessions that expire after ttl (0: never).
 func newChatWith(t *testing.T, ttl time.Duration) *httptest.Server {
-	ps, err := pubsub.New(pubsub.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	ps, err := newBroker(pubsub.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +167,7 @@ func TestChatEndToEnd(t *testing.T) {
 	if code := post(t, alice, srv.URL+"/api/users/bob/messages", "psst"); code != http.StatusAccepted {
 		t.Fatalf("POST DM: %d", code)
 	}
-	if f := readSSE(); f.Type != "direct" || f.Data.From != "alice" || f.Data.To != "bob" || f.Data.Text != "psst" {
+	if f := readSSE(); f.Type != "inbox" || f.Data.From != "alice" || f.Data.To != "bob" || f.Data.Text != "psst" {
 		t.Fatalf("bob got %+v", f)
 	}
 	// alice was not in "random": her next frame is her DM copy.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -36,10 +37,11 @@ func dialChat(t *testing.T, srv *httptest.Server, c *http.Client, query string) 
 }
 
 type modFrame struct {
-	Type, Room, By, Conn, Reason string
-	Code                         json.RawMessage
-	Expires                      int64
-	Data                         chatMessage
+	Type, Room, By, Conn, Reason, Message string
+	Code                                  json.RawMessage
+	Expires                               int64
+	Data                                  chatMessage
+	Raw                                   json.RawMessage `json:"-"` // a reply's data
 }
 
 func (r *wsReader) next() (modFrame, error) {
@@ -54,6 +56,11 @@ func (r *wsReader) next() (modFrame, error) {
 	}
 	var f modFrame
 	_ = json.Unmarshal([]byte(r.pending[0]), &f)
+	if f.Type == "reply" {
+		var raw struct{ Data json.RawMessage }
+		_ = json.Unmarshal([]byte(r.pending[0]), &raw)
+		f.Raw = raw.Data
+	}
 	r.pending = r.pending[1:]
 	return f, nil
 }
@@ -191,5 +198,47 @@ func TestChatSessionRefresh(t *testing.T) {
 			}
 			break
 		}
+	}
+}
+
+// Pages send with a call: validated on the server, answered with the
+// stored message's id, or refused with a reason.
+func TestChatSendsByCall(t *testing.T) {
+	srv := newChat(t)
+	erin := login(t, srv, "erin")
+	ws := dialChat(t, srv, erin, "?room=lobby")
+	ws.expect("welcome")
+	ws.expect("subscribed")
+	send := func(ref int, data string) {
+		if err := ws.c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"call","method":"send","ref":`+strconv.Itoa(ref)+`,"data":`+data+`}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(1, `{"room":"lobby","text":"hello"}`)
+	var id string
+	for seen := false; id == "" || !seen; {
+		f, err := ws.next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch f.Type {
+		case "message":
+			if f.Data.Text != "hello" || f.Data.From != "erin" {
+				t.Fatalf("got %+v", f)
+			}
+			seen = true
+		case "reply":
+			var r struct{ ID string }
+			_ = json.Unmarshal(f.Raw, &r)
+			id = r.ID
+		}
+	}
+	send(2, `{"room":"lobby","text":"   "}`)
+	if f := ws.expect("error"); string(f.Code) != `"invalid"` || !strings.Contains(f.Message, "1 to 2000") {
+		t.Fatalf("empty text: %+v", f)
+	}
+	send(3, `{"room":"a.b","text":"x"}`)
+	if f := ws.expect("error"); string(f.Code) != `"invalid_room"` {
+		t.Fatalf("bad room: %+v", f)
 	}
 }

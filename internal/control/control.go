@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 
@@ -28,18 +29,23 @@ const (
 	Disconnect  = "disconnect"
 	Conns       = "conns"
 	Refresh     = "refresh"
+	// Frame: a client frame POSTed to the mount path for the connection
+	// Conn of User (an SSE client's actions): handled as if it came on
+	// the connection, its answers queued there.
+	Frame = "frame"
 )
 
 // Request is one operation, on the connection Conn or on every connection
 // of User (for Refresh, both: the connection must be the user's).
 type Request struct {
-	Op      string `json:"op"`
-	Conn    string `json:"conn,omitempty"`
-	User    string `json:"user,omitempty"`
-	Room    string `json:"room,omitempty"`
-	Code    int    `json:"code,omitempty"`
-	Reason  string `json:"reason,omitempty"`
-	Expires int64  `json:"expires,omitempty"` // Refresh: the new expiry, Unix milliseconds; 0 removes it
+	Op      string          `json:"op"`
+	Conn    string          `json:"conn,omitempty"`
+	User    string          `json:"user,omitempty"`
+	Room    string          `json:"room,omitempty"`
+	Code    int             `json:"code,omitempty"`
+	Reason  string          `json:"reason,omitempty"`
+	Expires int64           `json:"expires,omitempty"` // Refresh: the new expiry, Unix milliseconds; 0 removes it
+	Frame   json.RawMessage `json:"frame,omitempty"`   // Frame: the client frame
 }
 
 // Reply is one instance's answer.
@@ -85,13 +91,21 @@ type Config struct {
 
 // Plane sends operations and answers them for this instance.
 type Plane struct {
-	cfg  Config
-	subs []*nats.Subscription
+	cfg     Config
+	subs    []*nats.Subscription
+	slots   chan struct{}  // operations answered at once (a frame may wait for the store)
+	busy    sync.WaitGroup // their goroutines
+	mu      sync.Mutex
+	stopped bool // no new answers: Stop waits for the ones under way
 }
+
+// Concurrent is how many operations an instance answers at once; more
+// wait in NATS's queue for the subscription.
+const Concurrent = 64
 
 // Start subscribes to this instance's subject and the all-instances one.
 func Start(cfg Config) (*Plane, error) {
-	p := &Plane{cfg: cfg}
+	p := &Plane{cfg: cfg, slots: make(chan struct{}, Concurrent)}
 	for _, s := range []string{cfg.Subjects.Control(cfg.Instance), cfg.Subjects.ControlAll()} {
 		sub, err := cfg.NC.Subscribe(s, p.answer)
 		if err != nil {
@@ -103,24 +117,44 @@ func Start(cfg Config) (*Plane, error) {
 	return p, nil
 }
 
-// Stop stops answering.
+// Stop stops answering and waits for the answers under way.
 func (p *Plane) Stop() {
 	for _, s := range p.subs {
 		_ = s.Unsubscribe()
 	}
 	p.subs = nil
+	p.mu.Lock()
+	p.stopped = true // a callback still running adds nothing after this
+	p.mu.Unlock()
+	p.busy.Wait()
 }
 
+// answer handles one request in a goroutine of its own, at most
+// Concurrent at once: a frame may wait seconds for the store, and must
+// not hold the others.
 func (p *Plane) answer(m *nats.Msg) {
-	var req Request
-	var rep Reply
-	if err := json.Unmarshal(m.Data, &req); err != nil {
-		rep.Err = ErrInternal
-	} else {
-		rep = p.cfg.Handle(req)
+	p.slots <- struct{}{}
+	p.mu.Lock()
+	if p.stopped {
+		p.mu.Unlock()
+		<-p.slots
+		return
 	}
-	data, _ := json.Marshal(rep)
-	_ = m.Respond(data)
+	p.busy.Add(1)
+	p.mu.Unlock()
+	go func() {
+		defer p.busy.Done()
+		defer func() { <-p.slots }()
+		var req Request
+		var rep Reply
+		if err := json.Unmarshal(m.Data, &req); err != nil {
+			rep.Err = ErrInternal
+		} else {
+			rep = p.cfg.Handle(req)
+		}
+		data, _ := json.Marshal(rep)
+		_ = m.Respond(data)
+	}()
 }
 
 // ErrGone: no instance answers for the connection's id: it is gone.

@@ -11,6 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/roomcast/pubsub/internal/subject"
 	"github.com/roomcast/pubsub/internal/wire"
@@ -35,6 +38,11 @@ type Session interface {
 	History(room string, limit int) ([]wire.Stored, error)
 	// Presence returns the room's counts and one page of members.
 	Presence(room, after string, limit int) (wire.PresencePage, error)
+	// Call starts answering a call of method and returns at once; the
+	// answer ("reply" or an error frame, carrying ref) comes later.
+	Call(method string, data []byte, timeout time.Duration, ref json.RawMessage) error
+	// Ack acknowledges the connection's inbox up to the message id.
+	Ack(id string) error
 	// Send hands data to the application that accepted the connection.
 	// It reports whether the endpoint takes messages at all, and whether
 	// the connection goes on (false: the application stopped reading).
@@ -58,6 +66,14 @@ const (
 	// StoreFailed: the history store cannot write (a full disk, an I/O
 	// error); the message is not stored.
 	StoreFailed = "store_failed"
+	// NoHandler: a call of a method the server has no handler for.
+	NoHandler = "no_handler"
+	// TooManyCalls: the connection has as many unanswered calls as allowed.
+	TooManyCalls = "too_many_calls"
+	// Timeout: a call was not answered within its timeout.
+	Timeout = "timeout"
+	// NoInbox: an "ack" to a server that keeps no inboxes.
+	NoInbox = "no_inbox"
 )
 
 // Coder is an error that names its client code.
@@ -156,6 +172,32 @@ func Handle(s Session, p []byte) bool {
 			s.Reply(wire.Error(Unsupported, "this endpoint takes no send frames", "", f.Ref))
 		}
 		return more
+	case "call":
+		if f.Method == "" || len(f.Method) > 64 || !utf8.ValidString(f.Method) || strings.ContainsFunc(f.Method, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) {
+			s.Reply(wire.Error(BadRequest, `"method" must be 1 to 64 printable characters without spaces`, "", f.Ref))
+			return true
+		}
+		if f.Timeout < 0 {
+			s.Reply(wire.Error(BadRequest, `"timeout" must be milliseconds, 0 for the server's limit`, "", f.Ref))
+			return true
+		}
+		data := f.Data
+		if len(data) > 0 {
+			var ok bool
+			if data, ok = wire.CompactJSON(data); !ok {
+				s.Reply(wire.Error(BadRequest, `"data" must be a JSON value`, "", f.Ref))
+				return true
+			}
+		}
+		if err := s.Call(f.Method, data, time.Duration(f.Timeout)*time.Millisecond, f.Ref); err != nil {
+			refuse(s, "call", err, f)
+		}
+	case "ack":
+		if err := s.Ack(f.ID); err != nil {
+			refuse(s, "ack", err, f)
+		} else if len(f.Ref) > 0 {
+			s.Reply(wire.Reply("acked", "", f.ID, f.Ref))
+		}
 	case "ping":
 		s.Reply(wire.Reply("pong", "", "", f.Ref))
 	default:
@@ -198,6 +240,8 @@ var refusals = map[string]map[string]string{
 		"publish":     "publish failed",
 		"history":     "history failed",
 		"presence":    "presence failed",
+		"call":        "the call failed",
+		"ack":         "acknowledging the inbox failed",
 	},
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/roomcast/pubsub/internal/wire"
 )
@@ -39,6 +40,14 @@ func (s *session) History(room string, limit int) ([]wire.Stored, error) {
 func (s *session) Presence(room, after string, limit int) (wire.PresencePage, error) {
 	s.calls = append(s.calls, fmt.Sprintf("presence %s %q %d", room, after, limit))
 	return wire.PresencePage{}, s.err
+}
+func (s *session) Call(method string, data []byte, timeout time.Duration, ref json.RawMessage) error {
+	s.calls = append(s.calls, fmt.Sprintf("call %s %s %v", method, data, timeout))
+	return s.err
+}
+func (s *session) Ack(id string) error {
+	s.calls = append(s.calls, "ack "+id)
+	return s.err
 }
 func (s *session) Send(data []byte) (bool, bool) {
 	s.calls = append(s.calls, "send "+string(data))
@@ -82,6 +91,16 @@ func TestFrames(t *testing.T) {
 			`send {"x":1}`, `{"type":"error","code":"unsupported","message":"this endpoint takes no send frames"}`},
 		{"send", `{"type":"send","data":{"x":1}}`, nil, true, `send {"x":1}`, ``},
 		{"ping", `{"type":"ping","ref":"p"}`, nil, false, ``, `{"type":"pong","ref":"p"}`},
+		{"call", `{"type":"call","method":"m","data":{ "a" : 1 },"timeout":250,"ref":5}`, nil, false, `call m { "a" : 1 } 250ms`, ``},
+		{"call without data or timeout", `{"type":"call","method":"m"}`, nil, false, `call m  0s`, ``},
+		{"call of no handler", `{"type":"call","method":"m","ref":6}`, &Refusal{Code: NoHandler, Message: "no handler for method \"m\""}, false,
+			`call m  0s`, `{"type":"error","code":"no_handler","message":"no handler for method \"m\"","ref":6}`},
+		{"call needs a method", `{"type":"call","ref":7}`, nil, false,
+			``, `{"type":"error","code":"bad_request","message":"\"method\" must be 1 to 64 printable characters without spaces","ref":7}`},
+		{"call method with a control character", "{\"type\":\"call\",\"method\":\"a\\u0007\"}", nil, false,
+			``, `{"type":"error","code":"bad_request","message":"\"method\" must be 1 to 64 printable characters without spaces"}`},
+		{"ack answers when it has a ref", `{"type":"ack","id":"12","ref":8}`, nil, false, `ack 12`, `{"type":"acked","id":"12","ref":8}`},
+		{"ack without a ref", `{"type":"ack","id":"12"}`, nil, false, `ack 12`, ``},
 		{"unknown", `{"type":"nope"}`, nil, false, ``, `{"type":"error","code":"bad_request","message":"unknown frame type"}`},
 		{"not JSON", `{"type":`, nil, false, ``, `{"type":"error","code":"bad_request","message":"frame is not a JSON object"}`},
 		{"a hostile ref is dropped, not echoed", `{"type":"ping","ref":{"a":1}}`, nil, false,

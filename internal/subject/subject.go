@@ -146,6 +146,22 @@ func (s Space) Presence(room string) string {
 }
 func (s Space) PresenceQuery() string { return s.ns + ".presq" }
 
+// Inbox is where user's inbox messages are stored; the stream republishes
+// each one (headers only) on InboxLive, the instances' cue to read.
+func (s Space) Inbox(user string) string  { return s.ns + ".inbox." + enc.EncodeToString([]byte(user)) }
+func (s Space) InboxWildcard() string     { return s.ns + ".inbox.>" }
+func (s Space) InboxLiveWildcard() string { return s.ns + ".inboxlive.>" }
+
+// InboxLiveUser returns the user whose inbox a republished subject names.
+func (s Space) InboxLiveUser(subj string) (string, bool) {
+	tok, ok := strings.CutPrefix(subj, s.ns+".inboxlive.")
+	if !ok {
+		return "", false
+	}
+	u, err := enc.DecodeString(tok)
+	return string(u), err == nil
+}
+
 // Control is where instance answers operations on its connections;
 // ControlAll, where every instance answers operations on a user's.
 func (s Space) Control(instance string) string { return s.ns + ".ctl." + instance }

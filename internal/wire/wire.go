@@ -159,6 +159,24 @@ func ServerMade(typ, room string) *Frame {
 	return &Frame{JSON: append(b, `,"by":"server"}`...)}
 }
 
+// InboxFrame is one inbox message: {"type":"inbox","id","time","data"}.
+func InboxFrame(id string, data []byte, at time.Time) *Frame {
+	b := append([]byte(`{"type":"inbox","id":`), AppendString(nil, id)...)
+	b = append(b, `,"time":`...)
+	b = AppendString(b, at.UTC().Format(time.RFC3339Nano))
+	b = append(b, `,"data":`...)
+	b = append(b, data...)
+	return &Frame{JSON: append(b, '}')}
+}
+
+// CallReply answers a call: {"type":"reply","ref":ref,"data":data}.
+func CallReply(data []byte, ref json.RawMessage) *Frame {
+	b := appendRef([]byte(`{"type":"reply"`), ref)
+	b = append(b, `,"data":`...)
+	b = append(b, data...)
+	return &Frame{JSON: append(b, '}')}
+}
+
 // Refresh asks the client to refresh its session before expires (Unix
 // milliseconds).
 func Refresh(expires int64) *Frame {
@@ -244,6 +262,13 @@ type ClientFrame struct {
 	Presence bool `json:"presence"`
 	// Key is a publish's idempotency key: 1 to MaxKeyLen printable bytes.
 	Key string `json:"key"`
+	// Method and Timeout (milliseconds) of a call.
+	Method  string `json:"method"`
+	Timeout int64  `json:"timeout"`
+	// Conn names the connection a frame POSTed to the mount path acts on.
+	Conn string `json:"conn"`
+	// ID of an "ack": the inbox message acknowledged, with all before it.
+	ID string `json:"id"`
 }
 
 // MaxKeyLen bounds a publish's idempotency key.

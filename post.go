@@ -10,28 +10,32 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/roomcast/pubsub/internal/control"
+	"github.com/roomcast/pubsub/internal/wire"
 )
 
-// refreshTimeout bounds a refresh: the connection may be on another
-// instance.
-const refreshTimeout = 5 * time.Second
+// postTimeout bounds a POSTed frame: the connection may be on another
+// instance, and a publish may wait for the store (5 s).
+const postTimeout = 8 * time.Second
 
-// serveRefresh answers a POST to the mount path carrying
-// {"type":"refresh","conn":id}: the host's middleware has just checked the
-// session again (the request went through it, cookie and all) and named
-// the new expiry with ContextWithExpiry; the connection, on whatever
-// instance, gets it if it is the same user's.
+// servePost answers a POST to the mount path carrying one client frame
+// and "conn", the connection it acts on (PROTOCOL.md §1 and §11): how a
+// client whose transport cannot send (an EventSource) subscribes,
+// publishes, calls... and how any client refreshes its session. The
+// request has just passed the host's middleware (its cookie or session
+// check); the frame is handled on whichever instance holds the connection,
+// if it is the same user's, and its answers come on the connection.
 //
 // Cross-site requests cannot make one: the body must be JSON with
 // Content-Type application/json (a form or a no-CORS fetch cannot send
 // that without a preflight), and a browser Origin must pass the same rule
 // as a connection's.
-func (b *Broker) serveRefresh(w http.ResponseWriter, r *http.Request) {
+func (b *Broker) servePost(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	refuse := func(status int, code, msg string) {
-		b.logRefused(r, "refresh", fmt.Sprintf("a refresh (%s): %s", code, msg))
+		b.logRefused(r, "post", fmt.Sprintf("a POSTed frame (%s): %s", code, msg))
 		w.Header().Set("Roomcast-Error", code)
 		http.Error(w, msg, status)
 	}
@@ -43,11 +47,8 @@ func (b *Broker) serveRefresh(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusUnsupportedMediaType, "bad_request", "the body must be application/json")
 		return
 	}
-	var req struct {
-		Type string `json:"type"`
-		Conn string `json:"conn"`
-	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, int64(b.cfg.maxMessage)+1))
+	var f wire.ClientFrame
 	switch {
 	case err != nil:
 		refuse(http.StatusBadRequest, "bad_request", "reading the body: "+err.Error())
@@ -55,16 +56,13 @@ func (b *Broker) serveRefresh(w http.ResponseWriter, r *http.Request) {
 	case len(body) > b.cfg.maxMessage:
 		refuse(http.StatusRequestEntityTooLarge, "too_large", "the body exceeds the maximum message size")
 		return
-	case json.Unmarshal(body, &req) != nil:
+	case !utf8.Valid(body) || json.Unmarshal(body, &f) != nil || f.Type == "":
 		refuse(http.StatusBadRequest, "bad_request", "the body is not a JSON frame")
-		return
-	case req.Type != "refresh":
-		refuse(http.StatusBadRequest, "unsupported", fmt.Sprintf("frame type %q cannot be posted", truncate(req.Type)))
 		return
 	}
 	user := UserFromContext(r.Context())
 	if user == "" {
-		refuse(http.StatusForbidden, "forbidden", "an anonymous request cannot refresh a connection")
+		refuse(http.StatusForbidden, "forbidden", "an anonymous request cannot act on a connection")
 		return
 	}
 	ends := ExpiryFromContext(r.Context())
@@ -72,27 +70,34 @@ func (b *Broker) serveRefresh(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusUnauthorized, "session_expired", "the session has expired")
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), refreshTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), postTimeout)
 	defer cancel()
-	var ms int64
-	if !ends.IsZero() {
-		ms = ends.UnixMilli()
+	req := control.Request{Op: control.Frame, Conn: f.Conn, User: user, Frame: body}
+	if f.Type == "refresh" {
+		req = control.Request{Op: control.Refresh, Conn: f.Conn, User: user}
+		if !ends.IsZero() {
+			req.Expires = ends.UnixMilli()
+		}
 	}
-	rep, err := b.toConnReply(ctx, control.Request{Op: control.Refresh, Conn: req.Conn, User: user, Expires: ms})
+	rep, err := b.toConnReply(ctx, req)
 	switch {
-	case err == nil:
+	case err == nil && f.Type == "refresh":
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"type":"refreshed","expires":` + strconv.FormatInt(rep.Expires, 10) + "}\n"))
+	case err == nil: // its answers are on the connection
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = w.Write([]byte(`{"type":"accepted"}` + "\n"))
 	case errors.Is(err, ErrInvalidConnID):
 		refuse(http.StatusBadRequest, "invalid_conn", err.Error())
-	case errors.Is(err, ErrNoSuchConn), errors.Is(err, ErrForbidden):
-		// Another user's connection answers as a gone one does: ids are
-		// not secrets, and this must not tell which are live. Not logged:
-		// a refresh that crosses a reconnect is normal.
+	case errors.Is(err, ErrForbidden):
+		refuse(http.StatusForbidden, "forbidden", "the connection is another user's")
+	case errors.Is(err, ErrNoSuchConn):
+		// Not logged: a POST that crosses a reconnect is normal.
 		w.Header().Set("Roomcast-Error", "no_such_conn")
 		http.Error(w, "no such connection", http.StatusNotFound)
 	default:
-		b.log.Warn("pubsub: a refresh did not reach its connection", "conn", req.Conn, "err", err)
+		b.log.Warn("pubsub: a POSTed frame did not reach its connection", "conn", f.Conn, "type", f.Type, "err", err)
 		w.Header().Set("Roomcast-Error", "unavailable")
 		http.Error(w, "the connection's instance did not answer", http.StatusGatewayTimeout)
 	}
