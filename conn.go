@@ -6,6 +6,7 @@ import (
 	"iter"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/roomcast/pubsub/internal/fanout"
@@ -18,6 +19,7 @@ import (
 // event carrying the same code. See PROTOCOL.md.
 const (
 	CloseNormal         = 1000 // the connection ended normally
+	CloseInvalidData    = 1007 // a client text frame was not valid UTF-8
 	CloseMessageTooBig  = 1009 // a client frame exceeded the maximum message size
 	CloseInternalError  = 1011 // the server failed; reconnect later
 	CloseServiceRestart = 1012 // the server is shutting down; reconnect
@@ -54,6 +56,7 @@ type Conn struct {
 	lease     *lease       // the session's expiry; nil without one
 	calls     callState    // calls being answered (call.go)
 	inbox     *inboxReader // its user's inbox (inbox.go); nil without one
+	posted    atomic.Bool  // a POSTed frame is being handled (post.go): one at a time
 	since     time.Time
 
 	mu          sync.Mutex // the lifecycle and the rooms

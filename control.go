@@ -240,6 +240,8 @@ func replyErr(rep control.Reply, req control.Request) error {
 		return fmt.Errorf("%w: %s", ErrNoSuchConn, target)
 	case control.ErrTooMany:
 		return fmt.Errorf("%w: %s", ErrTooManyRooms, target)
+	case control.ErrBusy:
+		return fmt.Errorf("%w: %s is handling another POSTed frame", errPostBusy, target)
 	case control.ErrNotOwner:
 		return fmt.Errorf("%w: %s is another user's connection", ErrForbidden, target)
 	}
@@ -311,11 +313,16 @@ func (b *Broker) applyControl(req control.Request) control.Reply {
 			if c.user == "" || c.user != req.User {
 				return control.Reply{Err: control.ErrNotOwner}
 			}
+			if !c.posted.CompareAndSwap(false, true) { // one at a time, in order: the client waits for each
+				return control.Reply{Err: control.ErrBusy}
+			}
 			if !c.busy() { // closing: the connection must not end under it
+				c.posted.Store(false)
 				return control.Reply{Err: control.ErrNoSuchConn}
 			}
 			protocol.Handle(session{c: c}, req.Frame) // its answers go on the connection
 			c.bg.Done()
+			c.posted.Store(false)
 			rep.N++
 		case control.Refresh:
 			if c.user == "" || c.user != req.User {

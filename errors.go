@@ -44,6 +44,18 @@ var (
 	// ErrInvalidReason: a disconnect reason that is not valid UTF-8 or is
 	// longer than the 123 bytes a WebSocket close frame carries.
 	ErrInvalidReason = errors.New("pubsub: invalid disconnect reason")
+	// errInvalidUTF8 is Conn.Err of a WebSocket whose client sent a text
+	// frame that is not UTF-8 (closed with 1007).
+	errInvalidUTF8 = errors.New("pubsub: the client sent a text frame that is not valid UTF-8")
+	// ErrInvalidQuery: a connection's query string cannot be parsed (more
+	// than 10,000 parameters, a ';'): 400, not a connection without rooms.
+	ErrInvalidQuery = errors.New("pubsub: invalid query")
+	// ErrUnsupportedProtocol: the client asked for a protocol version
+	// (the "protocol" parameter) this server does not speak: 400.
+	ErrUnsupportedProtocol = errors.New("pubsub: unsupported protocol version")
+	// errPostBusy: a frame POSTed for a connection that is still handling
+	// the previous one (429).
+	errPostBusy = errors.New("pubsub: one POSTed frame at a time per connection")
 	// ErrStreamMaxAge is the reason (Conn.Err) of an SSE stream ended at
 	// its maximum age (WithSSEMaxAge); its client reconnects.
 	ErrStreamMaxAge = errors.New("pubsub: SSE stream reached its maximum age")

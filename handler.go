@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -80,9 +81,15 @@ func (b *Broker) probe(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusUnauthorized)
 		return
 	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		w.Header().Set("Roomcast-Error", "bad_request")
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
 	c := b.newConn(context.WithoutCancel(r.Context()), UserFromContext(r.Context()))
 	defer c.cancel()
-	if c.refuseRooms(w, r, r.URL.Query()["room"]) == nil {
+	if c.refuseRooms(w, r, q["room"]) == nil {
 		w.WriteHeader(http.StatusNoContent)
 	}
 }
@@ -142,7 +149,20 @@ func (b *Broker) accept(w http.ResponseWriter, r *http.Request, detached bool) (
 		http.Error(w, "session expired", http.StatusUnauthorized)
 		return nil, ErrSessionExpired
 	}
-	rooms := r.URL.Query()["room"]
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil { // r.URL.Query() would drop it all silently (more than 10,000 parameters, a ';')
+		b.logRefused(r, "query", "an invalid query: "+err.Error())
+		w.Header().Set("Roomcast-Error", "bad_request")
+		http.Error(w, "invalid query: "+err.Error(), http.StatusBadRequest)
+		return nil, fmt.Errorf("%w: %v", ErrInvalidQuery, err)
+	}
+	if v := q.Get("protocol"); v != "" && v != strconv.Itoa(wire.Protocol) {
+		b.logRefused(r, "protocol", "a client of protocol "+truncate(v))
+		w.Header().Set("Roomcast-Error", "unsupported_protocol")
+		http.Error(w, fmt.Sprintf("this server speaks protocol %d", wire.Protocol), http.StatusBadRequest)
+		return nil, fmt.Errorf("%w: %q", ErrUnsupportedProtocol, truncate(v))
+	}
+	rooms := q["room"]
 	if len(rooms) > b.cfg.maxRooms {
 		b.logRefused(r, "rooms", fmt.Sprintf("%d rooms in the query, the limit is %d", len(rooms), b.cfg.maxRooms))
 		http.Error(w, ErrTooManyRooms.Error(), http.StatusBadRequest)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/coder/websocket"
 	. "github.com/roomcast/pubsub"
+	"github.com/roomcast/pubsub/internal/testkit"
 )
 
 func TestHostileRoomNamesAreRejectedEverywhere(t *testing.T) {
@@ -183,3 +184,63 @@ func TestProbeNamesTheRefusedRoom(t *testing.T) {
 
 var hostileRooms = []string{"", ">", "*", "a.b", "a.>", "lobby.*", "$SYS", "$SYS.>", " ", "a b", "tab\there", "new\nline",
 	"nul\x00", "\xff\xfe", strings.Repeat("x", 4096), strings.Repeat("é", 65)}
+
+// Invalid UTF-8 in a WebSocket text frame fails the connection with 1007
+// (RFC 6455), never maps to U+FFFD or echoes back raw; over a POST it is a
+// 400 (sse_actions_test.go).
+func TestInvalidUTF8FrameClosesWith1007(t *testing.T) {
+	b := newBroker(t)
+	srv := serve(t, b, nil)
+	for _, frame := range []string{
+		"{\"type\":\"subscribe\",\"room\":\"vault\xff\"}",
+		"{\"type\":\"ping\",\"ref\":\"\xff\"}",
+	} {
+		c := dialWS(t, srv, dialOpts{user: "u"})
+		if err := c.Send(frame); err != nil {
+			t.Fatal(err)
+		}
+		_, err := c.NextErr(testkit.Wait)
+		if websocket.CloseStatus(err) != CloseInvalidData {
+			t.Errorf("%q: %v, want close 1007", frame, err)
+		}
+	}
+	eventually(t, "the connections gone", func() bool {
+		conns, _ := b.UserConns(ctx, "u")
+		return len(conns) == 0
+	})
+	if rooms := b.Stats().Rooms; rooms != 0 {
+		t.Errorf("a frame that was not UTF-8 subscribed to %d rooms", rooms)
+	}
+}
+
+// A query Go's parser refuses (more than 10,000 parameters) is a 400, not
+// a connection with no rooms; so is an unknown protocol version.
+func TestQueryTheParserRefusesIs400(t *testing.T) {
+	b := newBroker(t)
+	srv := serve(t, b, nil)
+	huge := strings.Repeat("room=r&", 10001)
+	for name, query := range map[string]string{"10,001 parameters": huge, "a semicolon": "room=a;room=b", "protocol 2": "protocol=2"} {
+		for _, scheme := range []string{"ws", "http"} {
+			u := strings.Replace(srv.URL, "http", scheme, 1) + "/live?" + query
+			var resp *http.Response
+			var err error
+			if scheme == "ws" {
+				_, resp, err = testkit.DialWS(ctx, u, nil)
+			} else {
+				_, resp, err = testkit.DialSSE(srv.Client(), u, nil)
+			}
+			if err == nil || resp == nil || resp.StatusCode != http.StatusBadRequest {
+				t.Errorf("%s over %s: %v %v", name, scheme, resp, err)
+			}
+		}
+	}
+	if b.Stats().WebSocketConns+b.Stats().SSEConns != 0 {
+		t.Error("a connection was made")
+	}
+	// protocol=1 is this server's.
+	c, _, err := testkit.DialWS(ctx, strings.Replace(srv.URL, "http", "ws", 1)+"/live?protocol=1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Cut()
+}

@@ -90,6 +90,8 @@ func (b *Broker) servePost(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(`{"type":"accepted"}` + "\n"))
 	case errors.Is(err, ErrInvalidConnID):
 		refuse(http.StatusBadRequest, "invalid_conn", err.Error())
+	case errors.Is(err, errPostBusy):
+		refuse(http.StatusTooManyRequests, "busy", "the connection is handling another frame: POST them one at a time")
 	case errors.Is(err, ErrForbidden):
 		refuse(http.StatusForbidden, "forbidden", "the connection is another user's")
 	case errors.Is(err, ErrNoSuchConn):

@@ -157,3 +157,37 @@ func TestSSEPostAcrossInstances(t *testing.T) {
 		t.Fatalf("%+v", conns)
 	}
 }
+
+// One POSTed frame at a time per connection: a second one while the first
+// is being handled is refused (429), and the first goes on.
+func TestSSEPostOneAtATime(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	b := newBroker(t, WithSubscribeAuth(func(_ context.Context, _, room string) error {
+		if room == "slow" {
+			close(entered)
+			<-release
+		}
+		return nil
+	}))
+	srv := serve(t, b, nil)
+	alice := dialSSE(t, srv, dialOpts{user: "alice"})
+	first := make(chan int, 1)
+	go func() {
+		first <- postFrame(t, srv.URL+"/live", "alice", map[string]any{"type": "subscribe", "room": "slow", "conn": alice.ConnID()}).StatusCode
+	}()
+	<-entered
+	resp := postFrame(t, srv.URL+"/live", "alice", map[string]any{"type": "subscribe", "room": "fast", "conn": alice.ConnID()})
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Roomcast-Error") != "busy" {
+		t.Errorf("a second frame meanwhile: %s %q", resp.Status, resp.Header.Get("Roomcast-Error"))
+	}
+	close(release)
+	if code := <-first; code != http.StatusAccepted {
+		t.Fatalf("the first: %d", code)
+	}
+	if f := nextOf(t, alice, "subscribed"); f.Room != "slow" {
+		t.Fatalf("got %+v", f)
+	}
+	if resp := postFrame(t, srv.URL+"/live", "alice", map[string]any{"type": "subscribe", "room": "fast", "conn": alice.ConnID()}); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("after it: %s", resp.Status)
+	}
+}

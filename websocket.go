@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 
@@ -222,6 +223,10 @@ func (w *wsConn) readLoop(c *Conn, yield func([]byte) bool) {
 		if typ != websocket.MessageText {
 			c.reply(wire.Error(protocol.Unsupported, "binary frames are not supported", "", nil))
 			continue
+		}
+		if !utf8.Valid(p) { // RFC 6455 §8.1: a text message must be UTF-8; fail the connection
+			c.closeWith(CloseInvalidData, "text frame is not valid UTF-8", errInvalidUTF8, false)
+			return
 		}
 		if !protocol.Handle(s, p) {
 			c.closeWith(CloseNormal, "", nil, true)

@@ -20,7 +20,8 @@ export interface ClientError extends Error {
   /**
    * "bad_request", "invalid_room", "forbidden", "too_many_rooms", "unsupported", "no_history", "invalid_id", "internal",
    * "outcome_unknown", "store_failed" (publish), "no_handler", "too_many_calls", "timeout" or the handler's own code (call),
-   * "no_such_conn" (over SSE: the connection ended while a frame was POSTed), "no_inbox",
+   * "no_such_conn" (over SSE: the connection ended while a frame was POSTed), "invalid_conn", "unavailable" (a POSTed
+   * frame's instance did not answer), "busy" (frames POSTed faster than handled), "unsupported_protocol" (the server speaks another protocol version), "no_inbox",
    * "closed", "too_large", "misconfigured" (the server's middleware prevents live connections: see its log; the client
    * does not retry), "disconnected" (the server ended the connection, close 4003; the client does not reconnect),
    * "session_expired" (close 4005: the session was not refreshed in time and the host refuses the client now),

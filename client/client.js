@@ -241,7 +241,7 @@ export function connect(url, opts = {}) {
   }
 
   function wsURL() {
-    const u = new URL(base);
+    const u = target();
     u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
     return u;
   }
@@ -253,8 +253,15 @@ export function connect(url, opts = {}) {
     return f;
   }
 
-  function sseURL() {
+  // The protocol this client speaks: a server that speaks another refuses it (400 unsupported_protocol).
+  function target() {
     const u = new URL(base);
+    u.searchParams.set("protocol", 1);
+    return u;
+  }
+
+  function sseURL() {
+    const u = target();
     for (const [room, r] of rooms) {
       u.searchParams.append("room", room);
       if (r.presence) u.searchParams.append("presence", room);
@@ -281,8 +288,8 @@ export function connect(url, opts = {}) {
       rejectPending();
       if (closed) return;
       if (opened) return dropped(ev.code, ev.reason);
-      probe(base).then(({ status, error }) => {
-        if (error === M) return dropped(1008, M);
+      probe(target()).then(({ status, error }) => {
+        if (error === M || error === "unsupported_protocol") return dropped(1008, error);
         if (status === 401 || status === 403) return dropped(error === "session_expired" ? 4005 : 1008, `HTTP ${status}`, true);
         // The server answers, yet WebSocket never worked: something blocks it.
         if (o.transport === "auto" && !wsWorked && status >= 200 && status < 300) {
@@ -310,7 +317,7 @@ export function connect(url, opts = {}) {
       src.close();
       es = null;
       probe(sseURL()).then(({ status, error, room }) => {
-        if (error === M) return dropped(1008, M);
+        if (error === M || error === "unsupported_protocol") return dropped(1008, error);
         if (error === "invalid_id") {
           lastEventId = "";
           for (const room of rooms.keys()) emit("truncated", room);
@@ -365,7 +372,7 @@ export function connect(url, opts = {}) {
     if (code === 4005 && !probed) return probe(base).then(({ status }) => dropped(status === 401 || status === 403 ? 4005 : 1006, reason, true));
     if (NO_RETRY[code]) {
       closed = true;
-      fail({ code: reason === M ? M : NO_RETRY[code], message: `connection ended (${code} ${reason || ""}), not retrying` });
+      fail({ code: reason === M || reason === "unsupported_protocol" ? reason : NO_RETRY[code], message: `connection ended (${code} ${reason || ""}), not retrying` });
       return;
     }
     // another instance, at random: a dead one's clients spread out

@@ -60,6 +60,7 @@ type Reply struct {
 const (
 	ErrNoSuchConn = "no_such_conn"
 	ErrNotOwner   = "not_owner" // Refresh: the connection is another user's
+	ErrBusy       = "busy"      // Frame: the connection is handling another POSTed frame
 	ErrTooMany    = "too_many_rooms"
 	ErrInternal   = "internal"
 )

@@ -126,8 +126,12 @@ func MessageFrame(kind int, target string, e Envelope) *Frame {
 
 // Control frames. Each takes the client's ref (raw JSON, may be nil).
 
+// Protocol is the version of the client protocol (PROTOCOL.md) the
+// server speaks, in every welcome frame.
+const Protocol = 1
+
 func Welcome(conn, user string) *Frame {
-	b := append([]byte(`{"type":"welcome","conn":`), AppendString(nil, conn)...)
+	b := append([]byte(`{"type":"welcome","protocol":1,"conn":`), AppendString(nil, conn)...)
 	if user != "" {
 		b = append(b, `,"user":`...)
 		b = AppendString(b, user)
