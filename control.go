@@ -320,9 +320,11 @@ func (b *Broker) applyControl(req control.Request) control.Reply {
 				c.posted.Store(false)
 				return control.Reply{Err: control.ErrNoSuchConn}
 			}
-			protocol.Handle(session{c: c}, req.Frame) // its answers go on the connection
-			c.bg.Done()
-			c.posted.Store(false)
+			func() {
+				defer c.posted.Store(false) // even if a host hook panics
+				defer c.bg.Done()
+				protocol.Handle(session{c: c}, req.Frame) // its answers go on the connection
+			}()
 			rep.N++
 		case control.Refresh:
 			if c.user == "" || c.user != req.User {

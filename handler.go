@@ -82,8 +82,19 @@ func (b *Broker) probe(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		w.Header().Set("Roomcast-Error", "bad_request")
+	code := ""
+	switch {
+	case err != nil:
+		code = "bad_request"
+	case q.Has("protocol") && q.Get("protocol") != strconv.Itoa(wire.Protocol):
+		code = "unsupported_protocol"
+	case q.Get("last_event_id") != "" && b.hist != nil:
+		if _, err := parsePosition(q.Get("last_event_id")); err != nil {
+			code = "invalid_id"
+		}
+	}
+	if code != "" { // what the connection would get, for a client that only saw it fail
+		w.Header().Set("Roomcast-Error", code)
 		w.WriteHeader(http.StatusBadRequest)
 		return
 	}

@@ -218,8 +218,22 @@ func TestInvalidUTF8FrameClosesWith1007(t *testing.T) {
 func TestQueryTheParserRefusesIs400(t *testing.T) {
 	b := newBroker(t)
 	srv := serve(t, b, nil)
-	huge := strings.Repeat("room=r&", 10001)
+	huge := strings.Repeat("x=1&", 10001) // not rooms: the room limit must not be what refuses it
 	for name, query := range map[string]string{"10,001 parameters": huge, "a semicolon": "room=a;room=b", "protocol 2": "protocol=2"} {
+		// The HEAD probe says the same, for a client that only saw its connection fail.
+		req, _ := http.NewRequest(http.MethodHead, srv.URL+"/live?"+query, nil)
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		want := map[string]string{"protocol 2": "unsupported_protocol"}[name]
+		if want == "" {
+			want = "bad_request"
+		}
+		if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Roomcast-Error") != want {
+			t.Errorf("HEAD with %s: %d %q, want 400 %s", name, resp.StatusCode, resp.Header.Get("Roomcast-Error"), want)
+		}
 		for _, scheme := range []string{"ws", "http"} {
 			u := strings.Replace(srv.URL, "http", scheme, 1) + "/live?" + query
 			var resp *http.Response

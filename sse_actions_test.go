@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	. "github.com/roomcast/pubsub"
 	"github.com/roomcast/pubsub/internal/testkit"
@@ -175,7 +176,11 @@ func TestSSEPostOneAtATime(t *testing.T) {
 	go func() {
 		first <- postFrame(t, srv.URL+"/live", "alice", map[string]any{"type": "subscribe", "room": "slow", "conn": alice.ConnID()}).StatusCode
 	}()
-	<-entered
+	select {
+	case <-entered:
+	case <-time.After(testkit.Wait):
+		t.Fatal("the first frame never reached the hook")
+	}
 	resp := postFrame(t, srv.URL+"/live", "alice", map[string]any{"type": "subscribe", "room": "fast", "conn": alice.ConnID()})
 	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Roomcast-Error") != "busy" {
 		t.Errorf("a second frame meanwhile: %s %q", resp.Status, resp.Header.Get("Roomcast-Error"))

@@ -225,7 +225,7 @@ func (w *wsConn) readLoop(c *Conn, yield func([]byte) bool) {
 			continue
 		}
 		if !utf8.Valid(p) { // RFC 6455 §8.1: a text message must be UTF-8; fail the connection
-			c.closeWith(CloseInvalidData, "text frame is not valid UTF-8", errInvalidUTF8, false)
+			c.closeWith(CloseInvalidData, "text frame is not valid UTF-8", errInvalidUTF8, true) // after the answers to earlier frames
 			return
 		}
 		if !protocol.Handle(s, p) {

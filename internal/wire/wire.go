@@ -131,7 +131,8 @@ func MessageFrame(kind int, target string, e Envelope) *Frame {
 const Protocol = 1
 
 func Welcome(conn, user string) *Frame {
-	b := append([]byte(`{"type":"welcome","protocol":1,"conn":`), AppendString(nil, conn)...)
+	b := strconv.AppendInt([]byte(`{"type":"welcome","protocol":`), Protocol, 10)
+	b = append(append(b, `,"conn":`...), AppendString(nil, conn)...)
 	if user != "" {
 		b = append(b, `,"user":`...)
 		b = AppendString(b, user)
