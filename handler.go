@@ -2,6 +2,7 @@ package pubsub
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -81,13 +82,11 @@ func (b *Broker) probe(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusUnauthorized)
 		return
 	}
-	q, err := url.ParseQuery(r.URL.RawQuery)
+	q, err := connQuery(r)
 	code := ""
 	switch {
 	case err != nil:
-		code = "bad_request"
-	case q.Has("protocol") && q.Get("protocol") != strconv.Itoa(wire.Protocol):
-		code = "unsupported_protocol"
+		code = queryErrorCode(err)
 	case q.Get("last_event_id") != "" && b.hist != nil:
 		if _, err := parsePosition(q.Get("last_event_id")); err != nil {
 			code = "invalid_id"
@@ -160,18 +159,13 @@ func (b *Broker) accept(w http.ResponseWriter, r *http.Request, detached bool) (
 		http.Error(w, "session expired", http.StatusUnauthorized)
 		return nil, ErrSessionExpired
 	}
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil { // r.URL.Query() would drop it all silently (more than 10,000 parameters, a ';')
-		b.logRefused(r, "query", "an invalid query: "+err.Error())
-		w.Header().Set("Roomcast-Error", "bad_request")
-		http.Error(w, "invalid query: "+err.Error(), http.StatusBadRequest)
-		return nil, fmt.Errorf("%w: %v", ErrInvalidQuery, err)
-	}
-	if v := q.Get("protocol"); v != "" && v != strconv.Itoa(wire.Protocol) {
-		b.logRefused(r, "protocol", "a client of protocol "+truncate(v))
-		w.Header().Set("Roomcast-Error", "unsupported_protocol")
-		http.Error(w, fmt.Sprintf("this server speaks protocol %d", wire.Protocol), http.StatusBadRequest)
-		return nil, fmt.Errorf("%w: %q", ErrUnsupportedProtocol, truncate(v))
+	q, err := connQuery(r)
+	if err != nil {
+		code := queryErrorCode(err)
+		b.logRefused(r, code, "a connection with "+err.Error())
+		w.Header().Set("Roomcast-Error", code)
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return nil, err
 	}
 	rooms := q["room"]
 	if len(rooms) > b.cfg.maxRooms {
@@ -326,4 +320,27 @@ func presenceRooms(r *http.Request) map[string]bool {
 		m[room] = true
 	}
 	return m
+}
+
+// connQuery parses a connection's query, for accept and for the probe
+// alike. Parsed here, not with r.URL.Query(), which drops a query Go's
+// parser refuses (more than 10,000 parameters, a ';') and leaves a
+// connection without rooms.
+func connQuery(r *http.Request) (url.Values, error) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidQuery, err)
+	}
+	if v := q.Get("protocol"); v != "" && v != strconv.Itoa(wire.Protocol) {
+		return nil, fmt.Errorf("%w %q: this server speaks protocol %d", ErrUnsupportedProtocol, truncate(v), wire.Protocol)
+	}
+	return q, nil
+}
+
+// queryErrorCode is the Roomcast-Error code of a connQuery error.
+func queryErrorCode(err error) string {
+	if errors.Is(err, ErrUnsupportedProtocol) {
+		return "unsupported_protocol"
+	}
+	return "bad_request"
 }
