@@ -87,6 +87,8 @@ func (b *Broker) probe(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err != nil:
 		code = queryErrorCode(err)
+	case len(q["room"]) > b.cfg.maxRooms:
+		code = "too_many_rooms"
 	case q.Get("last_event_id") != "" && b.hist != nil:
 		if _, err := parsePosition(q.Get("last_event_id")); err != nil {
 			code = "invalid_id"
@@ -170,6 +172,7 @@ func (b *Broker) accept(w http.ResponseWriter, r *http.Request, detached bool) (
 	rooms := q["room"]
 	if len(rooms) > b.cfg.maxRooms {
 		b.logRefused(r, "rooms", fmt.Sprintf("%d rooms in the query, the limit is %d", len(rooms), b.cfg.maxRooms))
+		w.Header().Set("Roomcast-Error", "too_many_rooms")
 		http.Error(w, ErrTooManyRooms.Error(), http.StatusBadRequest)
 		return nil, ErrTooManyRooms
 	}

@@ -274,10 +274,12 @@ func (r *inboxReader) read() error {
 				return ctx.Err()
 			}
 		}
-		c.reply(wire.InboxFrame(strconv.FormatUint(m.Seq, 10), m.Data, m.Time))
+		// Recorded before it is queued: a client may acknowledge it as
+		// soon as it arrives, and Ack counts only what was given.
 		r.mu.Lock()
 		r.last = m.Seq
 		r.mu.Unlock()
+		c.reply(wire.InboxFrame(strconv.FormatUint(m.Seq, 10), m.Data, m.Time))
 	}
 	return err
 }

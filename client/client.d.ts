@@ -15,6 +15,13 @@ export interface Frame<T = unknown> {
   data: T;
 }
 
+/** The error codes of the server (PROTOCOL.md) and of this client. A call's handler may use codes of its own. */
+export type ErrorCode =
+  | "bad_request" | "invalid_room" | "forbidden" | "too_many_rooms" | "unsupported" | "no_history" | "invalid_id"
+  | "internal" | "outcome_unknown" | "store_failed" | "no_handler" | "too_many_calls" | "timeout" | "no_such_conn"
+  | "invalid_conn" | "unavailable" | "busy" | "unsupported_protocol" | "no_inbox" | "closed" | "too_large"
+  | "misconfigured" | "disconnected" | "session_expired" | "refresh_refused";
+
 /** An error reported by the server or the client. */
 export interface ClientError extends Error {
   /**
@@ -26,9 +33,12 @@ export interface ClientError extends Error {
    * does not retry), "disconnected" (the server ended the connection, close 4003; the client does not reconnect),
    * "session_expired" (close 4005: the session was not refreshed in time and the host refuses the client now),
    * "refresh_refused" (the host's middleware refused a session refresh; the connection ends at the expiry).
+   * A call's handler may use a code of its own (its CallError).
    */
-  code: string;
+  code: ErrorCode | (string & {});
   room?: string;
+  /** publish: the idempotency key it used; publish again with it and a room with history stores the message once. */
+  key?: string;
 }
 
 export interface StateDetail {
@@ -134,7 +144,8 @@ export interface Live {
 }
 
 /**
- * Connects to the pubsub handler mounted at url (e.g. "/live"). When the server asks (a session expiry set
+ * Connects to the pubsub handler mounted at url (e.g. "/live"), relative to the page. Importing the module touches no
+ * browser global; connect() does: outside a browser (a server render), a relative url throws an Error. When the server asks (a session expiry set
  * by the host's middleware), it refreshes the session by itself: a POST to url with the page's cookies,
  * which passes the host's middleware again. Given a list of URLs (the
  * instances of one app), it reconnects to the next one whenever a connection fails.

@@ -1,6 +1,6 @@
 // roomcast/pubsub browser client, served by the Go handler at <mount>/client.js.
 //
-//   import { connect } from "/live/client.js";
+//   import { connect } from "/live/client.js"; // or from "@roomcast/client", this file's npm package
 //   const live = connect("/live"); // or a list of instances: connect(["https://a/live", "https://b/live"])
 //   const off = live.subscribe("lobby", (data, msg) => console.log(data, msg.from));
 //   live.on("direct", (data) => console.log("for me:", data));
@@ -9,6 +9,7 @@
 //
 // WebSocket first, else EventSource (or { transport: "sse" }). Reconnects with
 // backoff and jitter, resumes each room from its last id. See PROTOCOL.md.
+// Importing it touches no browser global (safe in a server render): connect() does.
 
 // policy (and misconfigured), disconnected by the server, session expired (once the host says so)
 const NO_RETRY = { 1008: "forbidden", 4003: "disconnected", 4005: "session_expired" };
@@ -16,7 +17,11 @@ const M = "misconfigured"; // the server's middleware prevents live connections 
 
 export function connect(url, opts = {}) {
   const o = { transport: "auto", minDelay: 500, maxDelay: 20000, ...opts };
-  const urls = [].concat(url).map((u) => new URL(u, location.href));
+  // Outside a browser (a server render) there is no page to resolve a relative URL against.
+  const here = globalThis.location?.href;
+  const urls = [].concat(url).map((u) => {
+    try { return new URL(u, here); } catch (e) { throw here ? e : new Error(`roomcast: connect(${u}) outside a browser needs an absolute URL`); }
+  });
   let base = urls[0], urlIndex = 0;
   const rooms = new Map(); // room -> { handlers: Set, lastId, presence }
   const listeners = new Map(); // event -> Set
@@ -139,11 +144,14 @@ export function connect(url, opts = {}) {
   let posting = Promise.resolve();
   function post(frame) {
     const body = JSON.stringify({ ...frame, conn: live.conn });
-    const p = posting.then(() => fetch(base, { method: "POST", credentials: base.origin === location.origin ? "same-origin" : "include", headers: { "Content-Type": "application/json" }, body }))
+    const p = posting.then(() => postJSON(body))
       .then((r) => { if (!r.ok) throw error(r.headers.get("Roomcast-Error") || "closed", `the server refused a ${frame.type} (HTTP ${r.status})`); });
     posting = p.catch(() => {});
     return p;
   }
+
+  const creds = () => (base.origin === globalThis.location?.origin ? "same-origin" : "include");
+  const postJSON = (body) => fetch(base, { method: "POST", credentials: creds(), headers: { "Content-Type": "application/json" }, body });
 
   function rejectPending() {
     for (const p of pending.values()) p.reject(Object.assign(new Error("roomcast: connection closed"), { code: "closed" }));
@@ -253,20 +261,19 @@ export function connect(url, opts = {}) {
     return f;
   }
 
+  // Appends a query parameter and leaves the caller's query as given (searchParams would re-encode it all).
+  const add = (u, k, v) => ((u.search += `${u.search ? "&" : "?"}${k}=${encodeURIComponent(v)}`), u);
+
   // The protocol this client speaks: a server that speaks another refuses it (400 unsupported_protocol).
-  function target() {
-    const u = new URL(base);
-    u.searchParams.set("protocol", 1);
-    return u;
-  }
+  const target = () => add(new URL(base), "protocol", 1);
 
   function sseURL() {
     const u = target();
     for (const [room, r] of rooms) {
-      u.searchParams.append("room", room);
-      if (r.presence) u.searchParams.append("presence", room);
+      add(u, "room", room);
+      if (r.presence) add(u, "presence", room);
     }
-    if (lastEventId) u.searchParams.set("last_event_id", lastEventId);
+    if (lastEventId) add(u, "last_event_id", lastEventId);
     return u;
   }
 
@@ -303,7 +310,7 @@ export function connect(url, opts = {}) {
 
   function openSSE() {
     sseStale = false;
-    const src = (es = new EventSource(sseURL(), { withCredentials: base.origin !== location.origin }));
+    const src = (es = new EventSource(sseURL(), { withCredentials: creds() == "include" }));
     src.onmessage = (ev) => {
       if (ev.lastEventId) lastEventId = ev.lastEventId;
       handle(JSON.parse(ev.data));
@@ -345,8 +352,7 @@ export function connect(url, opts = {}) {
   }
 
   function probe(u) {
-    const credentials = base.origin === location.origin ? "same-origin" : "include";
-    return fetch(u, { method: "HEAD", credentials, cache: "no-store" }).then(
+    return fetch(u, { method: "HEAD", credentials: creds(), cache: "no-store" }).then(
       (r) => ({ status: r.status, error: r.headers.get("Roomcast-Error"), room: r.headers.get("Roomcast-Room") && decodeURIComponent(r.headers.get("Roomcast-Room").replace(/\+/g, " ")) }),
       () => ({ status: 0 }),
     );
@@ -356,7 +362,7 @@ export function connect(url, opts = {}) {
   function refresh(expires, delay = 500) {
     const conn = live.conn;
     const again = () => conn === live.conn && Date.now() + delay < expires && setTimeout(() => refresh(expires, delay * 2), delay);
-    fetch(base, { method: "POST", credentials: base.origin === location.origin ? "same-origin" : "include", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ type: "refresh", conn }) }).then(
+    postJSON(JSON.stringify({ type: "refresh", conn })).then(
       (r) => r.ok || (r.status >= 500 ? again() : r.status !== 404 && fail({ code: "refresh_refused", message: `the server refused to refresh the session (HTTP ${r.status}); it ends at ${new Date(expires).toISOString()}` })),
       again,
     );

@@ -60,7 +60,7 @@ func run(m *testing.M) int {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(binDir)
-	build := exec.Command("go", "build", "-o", binDir+"/", "../examples/chat", "../examples/ticker", "../examples/notify", "../examples/cluster")
+	build := exec.Command("go", "build", "-o", binDir+"/", "../examples/chat", "../examples/ticker", "../examples/notify", "../examples/cluster", "../cmd/roomcast")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: building the examples:", err)

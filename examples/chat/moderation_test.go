@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/roomcast/pubsub"
+	"github.com/roomcast/pubsub/client"
 	"github.com/roomcast/pubsub/examples/internal/demoauth"
 )
 
@@ -165,39 +165,40 @@ func TestChatLogoutDisconnects(t *testing.T) {
 }
 
 // With expiring sessions, a connection is asked to refresh, refreshes
-// through the login middleware (which renews the cookie) and outlives its
-// first expiry.
+// through the login middleware (which renews the cookie in the client's
+// jar) and outlives its first expiry on the same connection.
 func TestChatSessionRefresh(t *testing.T) {
 	srv := newChatWith(t, 2*time.Second)
 	dave := login(t, srv, "dave")
-	ws := dialChat(t, srv, dave, "?room=lobby")
-	w := ws.expect("welcome")
-	ws.expect("subscribed")
-	f := ws.expect("refresh")
-	first := time.UnixMilli(f.Expires)
-	resp, err := dave.Post(srv.URL+"/live", "application/json", strings.NewReader(`{"type":"refresh","conn":"`+w.Conn+`"}`))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, srv.URL+"/live", &client.Options{HTTPClient: dave})
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || len(resp.Cookies()) != 1 {
-		t.Fatalf("refresh: %s, cookies %v", resp.Status, resp.Cookies())
+	defer c.Close()
+	lobby, err := c.Subscribe(ctx, "lobby")
+	if err != nil {
+		t.Fatal(err)
 	}
-	time.Sleep(time.Until(first) + 200*time.Millisecond)
+	conn := c.Conn()
+	time.Sleep(2500 * time.Millisecond) // past the first expiry
 	if code := post(t, dave, srv.URL+"/api/rooms/lobby/messages", "still here"); code != http.StatusAccepted {
 		t.Fatal(code)
 	}
-	for {
-		f, err := ws.next()
+	for m, err := range lobby.Messages(ctx) {
 		if err != nil {
 			t.Fatalf("after the first expiry: %v", err)
 		}
-		if f.Type == "message" {
-			if f.Data.Text != "still here" {
-				t.Fatalf("got %+v", f)
-			}
-			break
+		var d chatMessage
+		_ = json.Unmarshal(m.Data, &d)
+		if d.Text != "still here" {
+			t.Fatalf("got %s", m.Data)
 		}
+		break
+	}
+	if c.Conn() != conn {
+		t.Fatalf("the connection was replaced (%s, then %s): the refresh did not keep it", conn, c.Conn())
 	}
 }
 
@@ -205,40 +206,35 @@ func TestChatSessionRefresh(t *testing.T) {
 // stored message's id, or refused with a reason.
 func TestChatSendsByCall(t *testing.T) {
 	srv := newChat(t)
-	erin := login(t, srv, "erin")
-	ws := dialChat(t, srv, erin, "?room=lobby")
-	ws.expect("welcome")
-	ws.expect("subscribed")
-	send := func(ref int, data string) {
-		if err := ws.c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"call","method":"send","ref":`+strconv.Itoa(ref)+`,"data":`+data+`}`)); err != nil {
-			t.Fatal(err)
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, srv.URL+"/live", &client.Options{HTTPClient: login(t, srv, "erin")})
+	if err != nil {
+		t.Fatal(err)
 	}
-	send(1, `{"room":"lobby","text":"hello"}`)
-	var id string
-	for seen := false; id == "" || !seen; {
-		f, err := ws.next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch f.Type {
-		case "message":
-			if f.Data.Text != "hello" || f.Data.From != "erin" {
-				t.Fatalf("got %+v", f)
-			}
-			seen = true
-		case "reply":
-			var r struct{ ID string }
-			_ = json.Unmarshal(f.Raw, &r)
-			id = r.ID
-		}
+	defer c.Close()
+	lobby, err := c.Subscribe(ctx, "lobby")
+	if err != nil {
+		t.Fatal(err)
 	}
-	send(2, `{"room":"lobby","text":"   "}`)
-	if f := ws.expect("error"); string(f.Code) != `"invalid"` || !strings.Contains(f.Message, "1 to 2000") {
-		t.Fatalf("empty text: %+v", f)
+	reply, err := c.Call(ctx, "send", map[string]string{"room": "lobby", "text": "hello"})
+	var r struct{ ID string }
+	if err != nil || json.Unmarshal(reply, &r) != nil || r.ID == "" {
+		t.Fatalf("call: %s %v", reply, err)
 	}
-	send(3, `{"room":"a.b","text":"x"}`)
-	if f := ws.expect("error"); string(f.Code) != `"invalid_room"` {
-		t.Fatalf("bad room: %+v", f)
+	for m, err := range lobby.Messages(ctx) {
+		var d chatMessage
+		_ = json.Unmarshal(m.Data, &d)
+		if err != nil || d.Text != "hello" || d.From != "erin" || m.ID != r.ID {
+			t.Fatalf("got %s (id %s, reply's %s), %v", m.Data, m.ID, r.ID, err)
+		}
+		break
+	}
+	var e *client.Error
+	if _, err := c.Call(ctx, "send", map[string]string{"room": "lobby", "text": "   "}); !errors.As(err, &e) || e.Code != "invalid" || !strings.Contains(e.Message, "1 to 2000") {
+		t.Fatalf("empty text: %v", err)
+	}
+	if _, err := c.Call(ctx, "send", map[string]string{"room": "a.b", "text": "x"}); !errors.Is(err, client.ErrInvalidRoom) {
+		t.Fatalf("bad room: %v", err)
 	}
 }
