@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every benchmark workload against roomcast and the baselines, in one
+# Runs every benchmark workload against roomcast and its peers (centrifuge,
+# gorilla hub, melody; bin/load's default -impls), in one
 # run, on loopback. Results: results/latest.jsonl (one JSON line per run) and
 # results/latest.txt (the tables). See BENCHMARKS.md.
 #
@@ -19,7 +20,7 @@ if [ $# -eq 0 ]; then set -- A A-sse B C D-rooms D-users; : > $out.jsonl; : > $o
     common=(-server bin/server -json $out.jsonl -label "$w" -timeout 60s)
     case $w in
       A)       bin/load "${common[@]}" -conns 10000 -n 100 -size 64 -bursts 5 ;;
-      A-sse)   bin/load "${common[@]}" -impls roomcast -transport sse -conns 10000 -n 100 -size 64 -bursts 5 ;;
+      A-sse)   bin/load "${common[@]}" -impls roomcast,centrifuge -transport sse -conns 10000 -n 100 -size 64 -bursts 5 ;;
       B)       bin/load "${common[@]}" -conns 19500 -n 1 -size 64 -bursts 10 -pause 1s ;;
       C)       bin/load "${common[@]}" -conns 1000 -n 100 -interval 100ms -size 64 -bursts 1 ;;
       D-rooms) bin/load "${common[@]}" -conns 10000 -rooms 1000 -n 20000 -size 64 -bursts 3 ;;

@@ -3,7 +3,7 @@
 // loopback, triggers bursts of server-side publishes and reports delivery
 // rate, latency, loss, and the server's memory and CPU from /proc.
 //
-//	load -server ./server -impls roomcast,gorilla,melody -conns 10000 -n 100 -bursts 5
+//	load -server ./server -impls roomcast,centrifuge,gorilla,melody -conns 10000 -n 100 -bursts 5
 //	load -server ./server -instances 1,3 -conns 15000 -n 20 -bursts 5   # roomcast cluster (cluster.go)
 //
 // One JSON line per run goes to -json (appended); a table goes to stdout.
@@ -34,6 +34,7 @@ import (
 type config struct {
 	label, server, transport, target string
 	impls                            []string
+	impl                             string // the one being run: its subscribers speak its protocol
 	conns, rooms, users              int
 	n, size, bursts                  int
 	interval, pause, timeout         time.Duration
@@ -52,7 +53,7 @@ func main() {
 	var impls string
 	flag.StringVar(&c.label, "label", "", "workload name for the report")
 	flag.StringVar(&c.server, "server", "./server", "server binary")
-	flag.StringVar(&impls, "impls", "roomcast,gorilla,melody", "implementations to run, in order")
+	flag.StringVar(&impls, "impls", "roomcast,centrifuge,gorilla,melody", "implementations to run, in order")
 	flag.StringVar(&c.transport, "transport", "ws", "ws or sse")
 	flag.StringVar(&c.target, "target", "room", "publish to room or user")
 	flag.IntVar(&c.conns, "conns", 1000, "subscribers")
@@ -159,6 +160,7 @@ func run(c config, impl string) (result, error) {
 
 	st := &state{}
 	start := time.Now()
+	c.impl = impl
 	conns, dialErrs := dialAll(c, addr, st)
 	r.DialSeconds = time.Since(start).Seconds()
 	r.DialErrors = dialErrs
@@ -322,6 +324,7 @@ type subscriber struct {
 	nc     net.Conn
 	body   io.ReadCloser // SSE
 	closed atomic.Bool
+	cf     *cfConn // centrifuge: its protocol's connect and pongs; nil for the others
 
 	mu       sync.Mutex
 	next     int // next expected seq in the current burst
@@ -461,6 +464,9 @@ func dialAll(c config, addr string, st *state) ([]*subscriber, int) {
 			// out: use 127.0.0.2, .3, … as extra sources.
 			src := net.IPv4(127, 0, 0, byte(c.srcBase+i/20000))
 			s := &subscriber{st: st}
+			if c.impl == "centrifuge" {
+				s.cf = &cfConn{addr: "127.0.0.1:" + port}
+			}
 			var err error
 			if c.transport == "sse" {
 				err = s.dialSSE(src, "127.0.0.1:"+port, q)
@@ -531,8 +537,14 @@ func (s *subscriber) dialWS(src net.IP, addr string, q url.Values) error {
 			break
 		}
 	}
-	_ = nc.SetDeadline(time.Time{})
 	s.nc = nc
+	if s.cf != nil {
+		if err := s.cf.connectWS(nc, br); err != nil {
+			nc.Close()
+			return err
+		}
+	}
+	_ = nc.SetDeadline(time.Time{})
 	go s.readWS(br)
 	return nil
 }
@@ -589,6 +601,9 @@ func (s *subscriber) readWS(br *bufio.Reader) {
 			continue
 		}
 		if fin {
+			if s.cf != nil && !s.cf.pongWS(s.nc, msg) {
+				return
+			}
 			s.handle(msg)
 			msg = msg[:0]
 		}
@@ -598,6 +613,9 @@ func (s *subscriber) readWS(br *bufio.Reader) {
 // dialSSE subscribes with an SSE GET; net/http handles the chunked body.
 func (s *subscriber) dialSSE(src net.IP, addr string, q url.Values) error {
 	tr := &http.Transport{DialContext: dialer(src).DialContext, DisableCompression: true, MaxIdleConns: -1}
+	if s.cf != nil {
+		q.Set("cf_connect", cfConnectCommand) // the connect command, as centrifuge-js's SSE transport passes it
+	}
 	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+"/ws?"+q.Encode(), nil)
 	req.Header.Set("Accept", "text/event-stream")
 	resp, err := tr.RoundTrip(req)
@@ -609,7 +627,14 @@ func (s *subscriber) dialSSE(src net.IP, addr string, q url.Values) error {
 		return fmt.Errorf("SSE status %d", resp.StatusCode)
 	}
 	s.body = resp.Body
-	go s.readSSE(bufio.NewReaderSize(resp.Body, 4096))
+	br := bufio.NewReaderSize(resp.Body, 4096)
+	if s.cf != nil {
+		if err := s.cf.connectSSE(resp.Body, br); err != nil {
+			resp.Body.Close()
+			return err
+		}
+	}
+	go s.readSSE(br)
 	return nil
 }
 
@@ -621,6 +646,10 @@ func (s *subscriber) readSSE(br *bufio.Reader) {
 			return
 		}
 		if len(line) > 6 && string(line[:6]) == "data: " {
+			if s.cf != nil && string(line) == "data: {}\n" { // centrifuge's ping
+				s.cf.pongSSE()
+				continue
+			}
 			s.handle(line[6 : len(line)-1])
 		}
 	}
@@ -741,23 +770,26 @@ func raiseFileLimit() {
 func printTable(c config, rs []result) {
 	fmt.Printf("\n%s: %d %s subscribers, %d rooms, %d users, target %s, %d bursts of %d × %d B\n",
 		c.label, c.conns, c.transport, c.rooms, c.users, c.target, c.bursts, c.n, c.size)
-	fmt.Printf("%-9s %7s %6s %5s %9s %12s %8s %8s %8s %8s %8s %7s %5s %5s\n",
+	fmt.Printf("%-10s %7s %6s %5s %9s %12s %8s %8s %8s %8s %8s %7s %5s %5s\n",
 		"impl", "conns", "dial s", "subs", "KiB/conn", "deliveries/s", "CPU/1M", "p50 ms", "p90 ms", "p99 ms", "max ms", "missing", "dup", "order")
-	var ref *result
-	for i := range rs {
-		if rs[i].Impl == "gorilla" {
-			ref = &rs[i]
-		}
-	}
 	for _, r := range rs {
-		fmt.Printf("%-9s %7d %6.2f %5d %9.1f %12.0f %8.2f %8.2f %8.2f %8.2f %8.1f %7d %5d %5d\n",
+		fmt.Printf("%-10s %7d %6.2f %5d %9.1f %12.0f %8.2f %8.2f %8.2f %8.2f %8.1f %7d %5d %5d\n",
 			r.Impl, r.Connected, r.DialSeconds, r.Subscribed, r.RSSPerConnKiB, r.DeliveriesPerS, r.CPUPerMillion,
 			r.P50ms, r.P90ms, r.P99ms, r.Maxms, r.Missing, r.Duplicates, r.OutOfOrder)
 	}
-	if ref != nil && ref.DeliveriesPerS > 0 && ref.CPUPerMillion > 0 && ref.RSSPerConnKiB > 0 {
-		fmt.Println("ratios against gorilla in this run (deliveries/s ×, CPU per 1M ×, RSS per conn ×):")
+	for _, name := range []string{"centrifuge", "gorilla"} { // the strongest peer first
+		var ref *result
+		for i := range rs {
+			if rs[i].Impl == name {
+				ref = &rs[i]
+			}
+		}
+		if ref == nil || ref.DeliveriesPerS <= 0 || ref.CPUPerMillion <= 0 || ref.RSSPerConnKiB <= 0 {
+			continue
+		}
+		fmt.Printf("ratios against %s in this run (deliveries/s ×, CPU per 1M ×, RSS per conn ×):\n", name)
 		for _, r := range rs {
-			fmt.Printf("  %-9s %5.2f× %5.2f× %5.2f×\n", r.Impl, r.DeliveriesPerS/ref.DeliveriesPerS, r.CPUPerMillion/ref.CPUPerMillion, r.RSSPerConnKiB/ref.RSSPerConnKiB)
+			fmt.Printf("  %-10s %5.2f× %5.2f× %5.2f×\n", r.Impl, r.DeliveriesPerS/ref.DeliveriesPerS, r.CPUPerMillion/ref.CPUPerMillion, r.RSSPerConnKiB/ref.RSSPerConnKiB)
 		}
 	}
 }

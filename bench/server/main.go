@@ -1,8 +1,8 @@
-// Command server is the server side of the benchmark harness: one of three
+// Command server is the server side of the benchmark harness: one of several
 // implementations of the same job (rooms, users, server-side publish) behind
 // the same HTTP interface, so the load generator measures them alike.
 //
-//	server -impl roomcast|gorilla|melody -addr 127.0.0.1:0
+//	server -impl roomcast|centrifuge|gorilla|melody -addr 127.0.0.1:0
 //	server -impl roomcast -name node0 -cluster-port 7001 -routes nats-route://127.0.0.1:7002,… -monitor-port 8222
 //
 // With -cluster-port (roomcast only) the broker's embedded NATS node opens a
@@ -13,7 +13,8 @@
 //
 // It prints "listening <addr>" once ready. Endpoints:
 //
-//	/ws                       WebSocket (and SSE for roomcast), ?room=R (repeatable) &user=U
+//	/ws                       WebSocket (and SSE for roomcast and centrifuge), ?room=R (repeatable) &user=U
+//	/emulation                centrifuge only: its emulation endpoint (an SSE client's pongs)
 //	/control/publish          ?prefix=room&targets=T&n=N&size=B&burst=K: message i goes to room prefix+(i%T)
 //	/control/user             the same, to users prefix+(i%T)
 //	/control/gc               runtime.GC + debug.FreeOSMemory, before reading RSS
@@ -48,7 +49,7 @@ type impl interface {
 }
 
 func main() {
-	name := flag.String("impl", "roomcast", "roomcast, roomcast-held (WithHoldRequests), roomcast-nostats (WithoutStats), gorilla or melody")
+	name := flag.String("impl", "roomcast", "roomcast, roomcast-held (WithHoldRequests), roomcast-nostats (WithoutStats), centrifuge, gorilla or melody")
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	var cl clusterFlags
 	flag.StringVar(&cl.name, "name", "", "roomcast: NATS server name in the cluster")
@@ -65,6 +66,8 @@ func main() {
 		im = newRoomcast(cl, pubsub.WithHoldRequests())
 	case "roomcast-nostats":
 		im = newRoomcast(cl, pubsub.WithoutStats())
+	case "centrifuge":
+		im = newCentrifuge()
 	case "gorilla":
 		im = newGorilla()
 	case "melody":
@@ -74,6 +77,9 @@ func main() {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/ws", im.handler())
+	if rt, ok := im.(interface{ routes(*http.ServeMux) }); ok { // more endpoints of its own
+		rt.routes(mux)
+	}
 	mux.HandleFunc("/control/publish", func(w http.ResponseWriter, r *http.Request) { burst(w, r, im.publish) })
 	mux.HandleFunc("/control/user", func(w http.ResponseWriter, r *http.Request) { burst(w, r, im.sendUser) })
 	mux.HandleFunc("/control/gc", func(w http.ResponseWriter, r *http.Request) {
