@@ -98,7 +98,7 @@ func (b *Broker) newConn(ctx context.Context, user string) *Conn {
 // attach gives the connection its queue, written through sink (nil: by
 // the goroutine that drives it).
 func (c *Conn) attach(sink fanout.Sink) {
-	c.out.Init(c.b.cfg.queueMessages, c.b.cfg.queueBytes, sink, c.b.stats)
+	c.out.Init(c.b.cfg.queueMessages, c.b.cfg.queueBytes, sink, c.b.stats, c.b.fan.Writers())
 	c.gate.Init(&c.out)
 }
 

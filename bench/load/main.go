@@ -5,6 +5,7 @@
 //
 //	load -server ./server -impls roomcast,centrifuge,gorilla,melody -conns 10000 -n 100 -bursts 5
 //	load -server ./server -instances 1,3 -conns 15000 -n 20 -bursts 5   # roomcast cluster (cluster.go)
+//	load -server ./server -paced -conns 10000 -rooms 100 -rates 1000,2000,5000 -duration 10s   # paced ladder (paced.go)
 //
 // One JSON line per run goes to -json (appended); a table goes to stdout.
 package main
@@ -46,6 +47,10 @@ type config struct {
 	instances                        string // cluster mode: "1,3" = one run per instance count
 	child                            bool   // cluster mode: subscriber process (cluster.go)
 	childAddr                        string
+	paced                            bool // paced mode (paced.go)
+	rates                            []float64
+	duration, settle, stopP99, good  time.Duration
+	abortLate                        time.Duration
 }
 
 func main() {
@@ -75,8 +80,24 @@ func main() {
 		"and every message is published on instance 0")
 	flag.BoolVar(&c.child, "child", false, "internal: run as the subscriber process of one instance (see cluster.go)")
 	flag.StringVar(&c.childAddr, "addr", "", "internal: with -child, the server address")
+	var rates string
+	flag.BoolVar(&c.paced, "paced", false, "paced mode: for each implementation, one server and one set of subscribers, "+
+		"and on it a ladder of fixed publish rates (-rates) over -rooms rooms, each for -duration")
+	flag.StringVar(&rates, "rates", "1000,2000,5000,10000", "paced: total publish rates to climb, messages/s over all rooms")
+	flag.DurationVar(&c.duration, "duration", 10*time.Second, "paced: how long each rate is offered")
+	flag.DurationVar(&c.settle, "settle", 2*time.Second, "paced: pause between rates")
+	flag.DurationVar(&c.stopP99, "stop-p99", time.Second, "paced: stop climbing an implementation's ladder past this p99 (or at any loss)")
+	flag.DurationVar(&c.good, "good-p99", 50*time.Millisecond, "paced: report the highest rate with p99 under this, without loss")
+	flag.DurationVar(&c.abortLate, "abort-late", 10*time.Second, "paced: the server's publisher gives up a rate once this far behind schedule (0: never)")
 	flag.Parse()
 	c.impls = strings.Split(impls, ",")
+	for _, f := range strings.Split(rates, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || v <= 0 {
+			log.Fatalf("-rates: bad rate %q", f)
+		}
+		c.rates = append(c.rates, v)
+	}
 	raiseFileLimit()
 	if c.child {
 		runChild(c)
@@ -84,6 +105,10 @@ func main() {
 	}
 	if c.instances != "" {
 		runClusters(c)
+		return
+	}
+	if c.paced {
+		runPaced(c)
 		return
 	}
 
@@ -107,71 +132,94 @@ func main() {
 }
 
 type result struct {
-	Workload        string    `json:"workload"`
-	Impl            string    `json:"impl"`
-	Transport       string    `json:"transport"`
-	Target          string    `json:"target"`
-	Conns           int       `json:"conns"`
-	Connected       int       `json:"connected"`
-	DialSeconds     float64   `json:"dial_s"`
-	DialErrors      int       `json:"dial_errors"`
-	Subscribed      int       `json:"subscribed"`
-	BaseRSSMB       float64   `json:"base_rss_mb"`
-	IdleRSSMB       float64   `json:"idle_rss_mb"`
-	RSSPerConnKiB   float64   `json:"rss_per_conn_kib"`
-	Expected        int64     `json:"expected_per_burst"`
-	BurstRates      []float64 `json:"burst_deliveries_per_s"`
-	DeliveriesPerS  float64   `json:"deliveries_per_s"`
-	CPUPerMillion   float64   `json:"cpu_s_per_1m"`
-	P50ms           float64   `json:"p50_ms"`
-	P90ms           float64   `json:"p90_ms"`
-	P99ms           float64   `json:"p99_ms"`
-	Maxms           float64   `json:"max_ms"`
-	Missing         int64     `json:"missing"`
-	Duplicates      int64     `json:"duplicates"`
-	OutOfOrder      int64     `json:"out_of_order"`
-	Disconnected    int       `json:"disconnected"`
-	PeakRSSMB       float64   `json:"peak_rss_mb"`
-	ServerGoroutine string    `json:"-"`
+	Workload       string    `json:"workload"`
+	Impl           string    `json:"impl"`
+	Transport      string    `json:"transport"`
+	Target         string    `json:"target"`
+	Conns          int       `json:"conns"`
+	Connected      int       `json:"connected"`
+	DialSeconds    float64   `json:"dial_s"`
+	DialErrors     int       `json:"dial_errors"`
+	Subscribed     int       `json:"subscribed"`
+	BaseRSSMB      float64   `json:"base_rss_mb"`
+	IdleRSSMB      float64   `json:"idle_rss_mb"`
+	RSSPerConnKiB  float64   `json:"rss_per_conn_kib"`
+	Expected       int64     `json:"expected_per_burst"`
+	BurstRates     []float64 `json:"burst_deliveries_per_s"`
+	DeliveriesPerS float64   `json:"deliveries_per_s"`
+	// MessagesPerFrame is the batching: deliveries per WebSocket frame (SSE:
+	// per read) carrying at least one message of the burst.
+	MessagesPerFrame float64 `json:"messages_per_frame"`
+	CPUPerMillion    float64 `json:"cpu_s_per_1m"`
+	P50ms            float64 `json:"p50_ms"`
+	P90ms            float64 `json:"p90_ms"`
+	P99ms            float64 `json:"p99_ms"`
+	Maxms            float64 `json:"max_ms"`
+	Missing          int64   `json:"missing"`
+	Duplicates       int64   `json:"duplicates"`
+	OutOfOrder       int64   `json:"out_of_order"`
+	Disconnected     int     `json:"disconnected"`
+	PeakRSSMB        float64 `json:"peak_rss_mb"`
+	ServerGoroutine  string  `json:"-"`
 }
 
-// run measures one implementation.
-func run(c config, impl string) (result, error) {
-	r := result{Workload: c.label, Impl: impl, Transport: c.transport, Target: c.target, Conns: c.conns}
+// session is one implementation's server, started, with its subscribers
+// dialed and warmed up.
+type session struct {
+	cmd     *exec.Cmd
+	pid     int
+	base    string // http://addr
+	st      *state
+	conns   []*subscriber
+	targets int // rooms, or users with -target user
+}
+
+func (s *session) close() {
+	for _, cn := range s.conns {
+		cn.close()
+	}
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+}
+
+// startSession starts the server for impl, measures its baseline RSS, dials
+// the subscribers, warms up (one message per target until every subscriber
+// has one, which also proves every subscription is in place) and measures
+// idle RSS, filling those fields of r. On error nothing is left running.
+func startSession(c config, impl string, r *result) (*session, error) {
 	cmd := exec.Command(c.server, "-impl", impl)
 	cmd.Stderr = os.Stderr
 	out, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
-		return r, err
+		return nil, err
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	s := &session{cmd: cmd, pid: cmd.Process.Pid, st: &state{}}
 	line, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil {
-		return r, fmt.Errorf("server did not start: %v", err)
+		s.close()
+		return nil, fmt.Errorf("server did not start: %v", err)
 	}
 	addr := strings.TrimSpace(strings.TrimPrefix(line, "listening "))
-	pid := cmd.Process.Pid
+	pid := s.pid
 	base := "http://" + addr
+	s.base = base
 
 	control(base + "/control/gc")
 	time.Sleep(200 * time.Millisecond)
 	control(base + "/control/gc")
 	r.BaseRSSMB = float64(rssKiB(pid)) / 1024
 
-	st := &state{}
+	st := s.st
 	start := time.Now()
 	c.impl = impl
 	conns, dialErrs := dialAll(c, addr, st)
+	s.conns = conns
 	r.DialSeconds = time.Since(start).Seconds()
 	r.DialErrors = dialErrs
 	r.Connected = len(conns)
-	defer func() {
-		for _, cn := range conns {
-			cn.close()
-		}
-	}()
 	if len(conns) == 0 {
-		return r, fmt.Errorf("no connection")
+		s.close()
+		return nil, fmt.Errorf("no connection")
 	}
 
 	// Warm-up: one message per target until every subscriber has one, which
@@ -180,6 +228,7 @@ func run(c config, impl string) (result, error) {
 	if c.target == "user" {
 		targets = c.users
 	}
+	s.targets = targets
 	st.reset(0, conns)
 	trigger(c, base, 0, targets, targets)
 	waitFor(func() bool { return st.delivered.Load() >= int64(len(conns)) }, 15*time.Second)
@@ -199,6 +248,18 @@ func run(c config, impl string) (result, error) {
 		log.Printf("holding %d idle connections on %s (pid %d) for %v", len(conns), base, pid, c.hold)
 		time.Sleep(c.hold)
 	}
+	return s, nil
+}
+
+// run measures one implementation.
+func run(c config, impl string) (result, error) {
+	r := result{Workload: c.label, Impl: impl, Transport: c.transport, Target: c.target, Conns: c.conns}
+	s, err := startSession(c, impl, &r)
+	if err != nil {
+		return r, err
+	}
+	defer s.close()
+	pid, base, st, conns, targets := s.pid, s.base, s.st, s.conns, s.targets
 
 	// Each conn receives the messages of its target: n/targets each.
 	perConn := int64(c.n / targets)
@@ -218,7 +279,7 @@ func run(c config, impl string) (result, error) {
 	}
 	var hist histogram
 	var cpuTotal float64
-	var delivered int64
+	var delivered, frames int64
 	for b := 1; b <= c.bursts; b++ {
 		st.reset(int64(b), conns)
 		cpu0 := cpuSeconds(pid)
@@ -245,6 +306,7 @@ func run(c config, impl string) (result, error) {
 			r.Missing += max(perConn-int64(cn.got), 0)
 			r.Duplicates += int64(cn.dup)
 			r.OutOfOrder += int64(cn.disorder)
+			frames += int64(cn.frames)
 			cn.mu.Unlock()
 		}
 		r.PeakRSSMB = max(r.PeakRSSMB, float64(rssKiB(pid))/1024)
@@ -258,6 +320,9 @@ func run(c config, impl string) (result, error) {
 	r.DeliveriesPerS = median(r.BurstRates)
 	if delivered > 0 {
 		r.CPUPerMillion = cpuTotal / float64(delivered) * 1e6
+	}
+	if frames > 0 {
+		r.MessagesPerFrame = float64(delivered) / float64(frames)
 	}
 	r.P50ms, r.P90ms, r.P99ms, r.Maxms = hist.quantile(0.50), hist.quantile(0.90), hist.quantile(0.99), hist.max()
 	return r, nil
@@ -321,6 +386,7 @@ func (s *state) reset(burst int64, conns []*subscriber) {
 // subscriber is one connection of the load generator.
 type subscriber struct {
 	st     *state
+	target int // index of its room (or user, -target user): it gets the messages to prefix+target
 	nc     net.Conn
 	body   io.ReadCloser // SSE
 	closed atomic.Bool
@@ -463,7 +529,10 @@ func dialAll(c config, addr string, st *state) ([]*subscriber, int) {
 			// Past ~20k sockets per source address the ephemeral ports run
 			// out: use 127.0.0.2, .3, … as extra sources.
 			src := net.IPv4(127, 0, 0, byte(c.srcBase+i/20000))
-			s := &subscriber{st: st}
+			s := &subscriber{st: st, target: i % c.rooms}
+			if c.target == "user" && c.users > 0 {
+				s.target = i % c.users
+			}
 			if c.impl == "centrifuge" {
 				s.cf = &cfConn{addr: "127.0.0.1:" + port}
 			}
@@ -770,11 +839,11 @@ func raiseFileLimit() {
 func printTable(c config, rs []result) {
 	fmt.Printf("\n%s: %d %s subscribers, %d rooms, %d users, target %s, %d bursts of %d × %d B\n",
 		c.label, c.conns, c.transport, c.rooms, c.users, c.target, c.bursts, c.n, c.size)
-	fmt.Printf("%-10s %7s %6s %5s %9s %12s %8s %8s %8s %8s %8s %7s %5s %5s\n",
-		"impl", "conns", "dial s", "subs", "KiB/conn", "deliveries/s", "CPU/1M", "p50 ms", "p90 ms", "p99 ms", "max ms", "missing", "dup", "order")
+	fmt.Printf("%-10s %7s %6s %5s %9s %12s %8s %6s %8s %8s %8s %8s %7s %5s %5s\n",
+		"impl", "conns", "dial s", "subs", "KiB/conn", "deliveries/s", "CPU/1M", "msg/fr", "p50 ms", "p90 ms", "p99 ms", "max ms", "missing", "dup", "order")
 	for _, r := range rs {
-		fmt.Printf("%-10s %7d %6.2f %5d %9.1f %12.0f %8.2f %8.2f %8.2f %8.2f %8.1f %7d %5d %5d\n",
-			r.Impl, r.Connected, r.DialSeconds, r.Subscribed, r.RSSPerConnKiB, r.DeliveriesPerS, r.CPUPerMillion,
+		fmt.Printf("%-10s %7d %6.2f %5d %9.1f %12.0f %8.2f %6.1f %8.2f %8.2f %8.2f %8.1f %7d %5d %5d\n",
+			r.Impl, r.Connected, r.DialSeconds, r.Subscribed, r.RSSPerConnKiB, r.DeliveriesPerS, r.CPUPerMillion, r.MessagesPerFrame,
 			r.P50ms, r.P90ms, r.P99ms, r.Maxms, r.Missing, r.Duplicates, r.OutOfOrder)
 	}
 	for _, name := range []string{"centrifuge", "gorilla"} { // the strongest peer first

@@ -35,7 +35,7 @@ func benchFanout(b *testing.B, members int, st *stats.Set) {
 	queues := make([]*fanout.Queue, members)
 	for i := range queues {
 		queues[i] = new(fanout.Queue)
-		queues[i].Init(1024, 4<<20, nil, st)
+		queues[i].Init(1024, 4<<20, nil, st, nil)
 		t.Join(conn{history.NewGate(queues[i])}, func(bool) bool { return true })
 	}
 	f := wire.MessageFrame(wire.KindRoom, "lobby", wire.Envelope{ID: "x-1", Data: []byte(`{"text":"hi"}`)})

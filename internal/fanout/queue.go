@@ -29,15 +29,16 @@ type Queue struct {
 	sink                Sink
 	wake                chan struct{} // no sink: signalled when there is something to take
 	stats               *stats.Set
+	writers             *Writers // nil: a goroutine of its own
 
 	mu      sync.Mutex
 	frames  []*wire.Frame
 	spare   []*wire.Frame // a drained batch's array, reused
 	bytes   int
-	writing bool          // a writer goroutine runs (with a sink)
-	closing bool          // Close was called: nothing more is queued
-	drained chan struct{} // signalled when the writer takes a batch or the queue closes
-	writers sync.WaitGroup
+	writing bool           // a writer goroutine runs (with a sink)
+	closing bool           // Close was called: nothing more is queued
+	drained chan struct{}  // signalled when the writer takes a batch or the queue closes
+	running sync.WaitGroup // the writer, while it runs
 }
 
 // Sink writes a queue's batches to a connection.
@@ -56,7 +57,7 @@ type Sink interface {
 // through sink (nil: by the owner, see Wake).
 func NewQueue(frames, bytes int, sink Sink) *Queue {
 	q := new(Queue)
-	q.Init(frames, bytes, sink, nil)
+	q.Init(frames, bytes, sink, nil, nil)
 	return q
 }
 
@@ -64,9 +65,11 @@ func NewQueue(frames, bytes int, sink Sink) *Queue {
 // field of its connection: the fan-out touches one object per delivery,
 // which at ten thousand connections is the difference between cache hits
 // and misses.
-// Its depth when the writer takes it is counted in s (nil: not counted).
-func (q *Queue) Init(frames, bytes int, sink Sink, s *stats.Set) {
-	q.maxFrames, q.maxBytes, q.sink, q.stats = frames, bytes, sink, s
+// Its depth when the writer takes it is counted in s (nil: not counted);
+// it is written by one of writers (the engine's pool: Engine.Writers; nil:
+// a goroutine of its own while it has frames).
+func (q *Queue) Init(frames, bytes int, sink Sink, s *stats.Set, writers *Writers) {
+	q.maxFrames, q.maxBytes, q.sink, q.stats, q.writers = frames, bytes, sink, s, writers
 	if sink == nil {
 		q.wake = make(chan struct{}, 1)
 	}
@@ -84,7 +87,7 @@ func (q *Queue) Enqueue(f *wire.Frame) bool {
 	ok, start := q.enqueueLocked(f)
 	q.mu.Unlock()
 	if start {
-		go q.writeLoop()
+		q.writers.start(q)
 	}
 	return ok
 }
@@ -115,7 +118,7 @@ func (q *Queue) EnqueueAll(frames []*wire.Frame) bool {
 	}
 	q.mu.Unlock()
 	if start {
-		go q.writeLoop()
+		q.writers.start(q)
 	}
 	return ok
 }
@@ -141,7 +144,7 @@ func (q *Queue) EnqueuePaced(f *wire.Frame, timeout time.Duration) error {
 			_, start := q.enqueueLocked(f)
 			q.mu.Unlock()
 			if start {
-				go q.writeLoop()
+				q.writers.start(q)
 			}
 			return nil
 		}
@@ -175,7 +178,7 @@ func (q *Queue) kickLocked() (startWriter bool) {
 		return false
 	}
 	q.writing = true
-	q.writers.Add(1)
+	q.running.Add(1)
 	return true
 }
 
@@ -237,7 +240,7 @@ func (q *Queue) Close(drain bool) {
 	start := q.kickLocked()
 	q.mu.Unlock()
 	if start {
-		go q.writeLoop()
+		q.writers.start(q)
 	}
 }
 
@@ -249,14 +252,14 @@ func (q *Queue) Closing() bool {
 }
 
 // Wait waits for the writer goroutine, if any, to finish.
-func (q *Queue) Wait() { q.writers.Wait() }
+func (q *Queue) Wait() { q.running.Wait() }
 
 // writeLoop drains the queue through the sink, joining queued frames into
-// one write, and exits when the queue is empty. On a closing queue it
+// one write, and returns when the queue is empty. On a closing queue it
 // writes the end last and stays marked as running, so that no other writer
-// starts.
-func (q *Queue) writeLoop() {
-	defer q.writers.Done()
+// starts. stuck, if not nil, is armed around each write (see Writers).
+func (q *Queue) writeLoop(stuck *stuckTimer) {
+	defer q.running.Done()
 	for {
 		batch, closing := q.Take()
 		if batch == nil {
@@ -273,7 +276,13 @@ func (q *Queue) writeLoop() {
 			q.mu.Unlock()
 			return
 		}
+		if stuck != nil {
+			stuck.arm()
+		}
 		err := q.sink.WriteBatch(batch)
+		if stuck != nil {
+			stuck.disarm()
+		}
 		q.Recycle(batch)
 		if err != nil {
 			q.sink.WriteFailed(err)

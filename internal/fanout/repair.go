@@ -37,7 +37,7 @@ func (e *Engine) repair(t *Topic, upto uint64, slow []Member) []Member {
 			env.ID = strconv.FormatUint(seq, 10)
 			f := e.frame(wire.KindRoom, t.Name, env)
 			f.Stored, f.Prev = true, t.lastSeq
-			slow = t.fanout(f, slow, e.cfg.Stats)
+			slow = t.fanout([]*wire.Frame{f}, slow, e.cfg.Stats)
 			t.lastSeq = seq
 			if t.repaired == nil {
 				t.repaired = make(map[uint64]struct{})
