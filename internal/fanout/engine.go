@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -153,6 +154,8 @@ type Engine struct {
 	topics  map[string]*Topic // by subject
 
 	writers *Writers
+
+	taken atomic.Int64 // messages the dispatcher took from the inbox and has not fanned out yet
 
 	stop    chan struct{}
 	done    chan struct{}
@@ -289,8 +292,15 @@ func (e *Engine) Stop() {
 	})
 }
 
-// maxRun bounds the messages the dispatcher takes from its inbox at once.
-const maxRun = 256
+// The dispatcher takes at most maxBatch messages from its inbox at once, and
+// ends a run at maxRunFrames frames or maxRunBytes of them: a member's
+// queue must hold a whole run (default bounds: 1024 frames, 4 MiB), and the
+// topic's read lock is held while it is fanned out.
+const (
+	maxBatch     = 256
+	maxRunFrames = 64
+	maxRunBytes  = 256 << 10
+)
 
 // dispatch fans every message from NATS out to local members. It takes
 // every message waiting (up to maxRun) and fans consecutive messages of one
@@ -302,27 +312,29 @@ const maxRun = 256
 func (e *Engine) dispatch() {
 	defer close(e.done)
 	var (
-		slow  []Member
-		batch []*nats.Msg
-		run   []*wire.Frame
-		runT  *Topic
+		slow     []Member
+		batch    []*nats.Msg
+		run      []*wire.Frame
+		runT     *Topic
+		runBytes int
 	)
 	flush := func() {
 		if len(run) > 0 {
 			slow = runT.fanout(run, slow, e.cfg.Stats)
 			clear(run)
-			run = run[:0]
+			run, runBytes = run[:0], 0
 		}
 	}
 	for {
 		select {
 		case m := <-e.inbox:
+			e.taken.Store(1)
 			batch = append(batch[:0], m)
 		case <-e.stop:
 			return
 		}
 	fill:
-		for len(batch) < maxRun {
+		for len(batch) < maxBatch {
 			select {
 			case m := <-e.inbox:
 				batch = append(batch, m)
@@ -330,20 +342,23 @@ func (e *Engine) dispatch() {
 				break fill
 			}
 		}
+		e.taken.Store(int64(len(batch)))
 		for i, m := range batch {
 			batch[i] = nil
 			t, f := e.prepare(m, flush, &slow)
 			if f == nil {
 				continue
 			}
-			if t != runT {
+			if t != runT || len(run) == maxRunFrames || runBytes+len(f.JSON) > maxRunBytes {
 				flush()
 				runT = t
 			}
 			run = append(run, f)
+			runBytes += len(f.JSON)
 		}
 		flush()
 		runT = nil
+		e.taken.Store(0)
 	}
 }
 
@@ -419,5 +434,5 @@ func (e *Engine) Dispatched(subj string, n int) bool {
 		return false
 	}
 	got, _ := t.sub.Delivered()
-	return got >= int64(n) && len(e.inbox) == 0
+	return got >= int64(n) && len(e.inbox) == 0 && e.taken.Load() == 0
 }

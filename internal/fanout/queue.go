@@ -19,9 +19,10 @@ import (
 // closes the connection as a slow consumer, so a slow client never delays
 // the others.
 //
-// A queue is written in one of two ways. With a Sink, a writer goroutine
-// runs only while there is something to write (an idle connection holds no
-// goroutine for it). Without one, the owner's own goroutine drains it,
+// A queue is written in one of two ways. With a Sink, by a worker of the
+// engine's pool (Writers) while there is something to write (an idle
+// connection holds no goroutine for it). Without one, the owner's own
+// goroutine drains it,
 // woken through Wake (a Server-Sent Events stream that must be written by
 // the handler that owns the response).
 type Queue struct {
@@ -35,7 +36,7 @@ type Queue struct {
 	frames  []*wire.Frame
 	spare   []*wire.Frame // a drained batch's array, reused
 	bytes   int
-	writing bool           // a writer goroutine runs (with a sink)
+	writing bool           // with a sink: in the pool's line, or being written
 	closing bool           // Close was called: nothing more is queued
 	drained chan struct{}  // signalled when the writer takes a batch or the queue closes
 	running sync.WaitGroup // the writer, while it runs
@@ -164,8 +165,8 @@ func (q *Queue) EnqueuePaced(f *wire.Frame, timeout time.Duration) error {
 }
 
 // kickLocked makes the writer look at the queue: wakes the owner of a
-// queue without a sink, or reports whether the caller must start a writer
-// goroutine (there is at most one, and none while idle).
+// queue without a sink, or reports whether the caller must hand the queue
+// to its writers (it is there at most once, and not while idle).
 func (q *Queue) kickLocked() (startWriter bool) {
 	if q.sink == nil {
 		select {
@@ -255,17 +256,24 @@ func (q *Queue) Closing() bool {
 func (q *Queue) Wait() { q.running.Wait() }
 
 // writeLoop drains the queue through the sink, joining queued frames into
-// one write, and returns when the queue is empty. On a closing queue it
-// writes the end last and stays marked as running, so that no other writer
-// starts. stuck, if not nil, is armed around each write (see Writers).
-func (q *Queue) writeLoop(stuck *stuckTimer) {
-	defer q.running.Done()
+// one write. On a closing queue it writes the end last and stays marked as
+// running, so that no other writer starts.
+//
+// Alone (stuck == nil) it runs until the queue is empty. In a pool it takes
+// one turn: one batch (or the end), then reports again when frames are
+// left, so that the pool puts the queue back in line behind the others (a
+// connection that never empties does not keep a worker); stuck is armed
+// around everything that may wait on the network (see Writers).
+func (q *Queue) writeLoop(stuck *stuckTimer) (again bool) {
 	for {
 		batch, closing := q.Take()
 		if batch == nil {
 			if closing {
-				q.sink.WriteEnd()
-				return
+				stuck.arm()
+				q.sink.WriteEnd() // a close handshake: a round trip, or its timeout
+				stuck.disarm()
+				q.running.Done()
+				return false
 			}
 			q.mu.Lock()
 			if len(q.frames) > 0 || q.closing { // raced with Enqueue or Close
@@ -274,19 +282,29 @@ func (q *Queue) writeLoop(stuck *stuckTimer) {
 			}
 			q.writing = false
 			q.mu.Unlock()
-			return
+			q.running.Done()
+			return false
 		}
-		if stuck != nil {
-			stuck.arm()
-		}
+		stuck.arm()
 		err := q.sink.WriteBatch(batch)
-		if stuck != nil {
-			stuck.disarm()
-		}
-		q.Recycle(batch)
 		if err != nil {
 			q.sink.WriteFailed(err)
 		}
+		stuck.disarm()
+		q.Recycle(batch)
+		if stuck == nil {
+			continue
+		}
+		q.mu.Lock()
+		more := len(q.frames) > 0 || q.closing
+		if !more {
+			q.writing = false
+		}
+		q.mu.Unlock()
+		if !more {
+			q.running.Done()
+		}
+		return more
 	}
 }
 

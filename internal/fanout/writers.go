@@ -7,7 +7,8 @@ import (
 )
 
 // Writers drains the queues that have frames to write with a bounded number
-// of goroutines, first come first served.
+// of goroutines, in turns: a worker writes one batch of a queue, and a
+// queue with more to write goes back in line behind the others.
 //
 // Why not one goroutine per queue: a message to a room of tens of thousands
 // of connections would make as many goroutines runnable at once. Each
@@ -19,9 +20,9 @@ import (
 // its share of the CPU.
 //
 // A write that takes long (a client's socket buffer is full: the write
-// waits for it, up to the write deadline) does not hold the others back: a
-// worker stuck longer than slowWrite no longer counts, and another one
-// starts.
+// waits for it, up to the write deadline), or a close handshake waiting for
+// a client that is gone, does not hold the others back: a worker stuck
+// longer than slowWrite no longer counts, and another one starts.
 type Writers struct {
 	max  int           // workers that are not stuck
 	slow time.Duration // a write longer than this is stuck (slowWrite)
@@ -78,6 +79,14 @@ func (w *Writers) next() *Queue {
 	q := w.ready[w.head]
 	w.ready[w.head] = nil
 	w.head++
+	// While the line never empties (a saturated pool), its taken front
+	// would grow forever: move the waiting part to the front from time to
+	// time.
+	if w.head >= 64 && 2*w.head >= len(w.ready) {
+		n := copy(w.ready, w.ready[w.head:])
+		clear(w.ready[n:])
+		w.ready, w.head = w.ready[:n], 0
+	}
 	return q
 }
 
@@ -87,33 +96,47 @@ func (w *Writers) work() {
 	s.t.Stop()
 	defer s.t.Stop()
 	for q := w.next(); q != nil; q = w.next() {
-		q.writeLoop(s)
+		if q.writeLoop(s) {
+			w.again(q)
+		}
 	}
+}
+
+// again puts q, which has more to write, back in line behind the others.
+func (w *Writers) again(q *Queue) {
+	w.mu.Lock()
+	w.ready = append(w.ready, q)
+	w.mu.Unlock()
 }
 
 // stuckTimer is a worker's: armed around each write, it fires when the
 // write takes longer than slowWrite.
 type stuckTimer struct {
-	w     *Writers
-	t     *time.Timer
-	mu    sync.Mutex
-	armed bool // a write is under way
-	stuck bool // and it fired: the worker does not count
+	w       *Writers
+	t       *time.Timer
+	mu      sync.Mutex
+	armed   bool      // a write is under way
+	armedAt time.Time // since
+	stuck   bool      // and it fired: the worker does not count
 }
 
+// arm starts timing a write; on a nil timer (a queue alone) it does nothing.
 func (s *stuckTimer) arm() {
+	if s == nil {
+		return
+	}
 	s.mu.Lock()
-	s.armed, s.stuck = true, false
+	s.armed, s.armedAt, s.stuck = true, time.Now(), false
 	s.mu.Unlock()
 	s.t.Reset(s.w.slow)
 }
 
 // fire: the write is slow; the worker stops counting, and another one
-// starts if queues are waiting. A late fire, after the write returned,
-// does nothing.
+// starts if queues are waiting. A late fire (from an earlier write) does
+// nothing.
 func (s *stuckTimer) fire() {
 	s.mu.Lock()
-	if !s.armed || s.stuck {
+	if !s.armed || s.stuck || time.Since(s.armedAt) < s.w.slow {
 		s.mu.Unlock()
 		return
 	}
@@ -135,6 +158,9 @@ func (s *stuckTimer) fire() {
 // disarm: the write returned; a worker that was stuck counts again (the
 // pool shrinks back to max as workers look for their next queue).
 func (s *stuckTimer) disarm() {
+	if s == nil {
+		return
+	}
 	s.t.Stop()
 	s.mu.Lock()
 	stuck := s.stuck
