@@ -29,10 +29,11 @@ func (b *Broker) acceptWebSocket(w http.ResponseWriter, r *http.Request, ctx con
 		return nil, b.refuseStack(w, r, "WebSocket", chain)
 	}
 	hj := &smallBuffers{ResponseWriter: w, timeout: b.cfg.writeTimeout}
-	ws, err := websocket.Accept(hj, r, &websocket.AcceptOptions{
-		OriginPatterns:  b.cfg.originPatterns,
-		CompressionMode: websocket.CompressionDisabled,
-	})
+	opts := &websocket.AcceptOptions{OriginPatterns: b.cfg.originPatterns, CompressionMode: websocket.CompressionDisabled}
+	if b.cfg.compress { // WithCompression; the library reads a threshold of 0 as its default, 512
+		opts.CompressionMode, opts.CompressionThreshold = websocket.CompressionNoContextTakeover, max(b.cfg.compressMin, 1)
+	}
+	ws, err := websocket.Accept(hj, r, opts)
 	if err != nil {
 		if hj.hijackErr != nil { // Accept answered 500, with our Roomcast-Error
 			cause, fix := chain.HijackFailed(hj.hijackErr)
