@@ -39,7 +39,7 @@ if [ $# -eq 0 ]; then set -- A A-sse B C D-rooms D-users; : > $out.jsonl; : > $o
       # is a chat's shape, where what each message costs on its way (routing, queues, wake-ups, batching)
       # decides the latency.
       paced)   bin/load "${common[@]}" -paced -conns 10000 -rooms 100 -size 64 -duration 10s -settle 2s -stop-p99 1s \
-                 -rates 500,1000,2000,3000,5000,7000,10000,15000,20000,30000 ;;
+                 -rates 100,200,300,500,700,1000,1500,2000,3000,5000,10000 ;;
       # Deliveries/s against the connection count: one room, bursts of 20 × 64 B, one label per count.
       scale)   for n in 5000 10000 15000 19500; do
                  bin/load "${common[@]}" -label "scale-$n" -conns "$n" -n 20 -size 64 -bursts 5 -pause 1s
