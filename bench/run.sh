@@ -9,6 +9,7 @@
 #   bench/run.sh cluster    # 3-instance roomcast cluster, 45,000 connections (~3 minutes; not in the default list)
 #   bench/run.sh paced      # latency at equal paced rates, 10,000 subscribers in 100 rooms (up to ~10 minutes; opt-in)
 #   bench/run.sh scale      # deliveries/s at 5,000…19,500 connections in one room (~6 minutes; opt-in)
+#   bench/run.sh paced-19500  # paced latency at 19,500 connections in one room, roomcast and Centrifuge (~3 minutes; opt-in)
 #   bench/run.sh plot       # SVGs from results/latest.jsonl: results/paced-p99.svg, results/scale-deliveries.svg
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -40,11 +41,15 @@ if [ $# -eq 0 ]; then set -- A A-sse B C D-rooms D-users; : > $out.jsonl; : > $o
       # decides the latency.
       paced)   bin/load "${common[@]}" -paced -conns 10000 -rooms 100 -size 64 -duration 10s -settle 2s -stop-p99 1s \
                  -rates 100,200,300,500,700,1000,1500,2000,3000,5000,10000 ;;
+      # The same at 19,500 connections in one room: a message is a few hundred ms of writes here for anyone.
+      paced-19500) bin/load "${common[@]}" -paced -impls roomcast,centrifuge -conns 19500 -rooms 1 -size 64 -duration 10s \
+                 -settle 3s -stop-p99 5s -rates 1,2,5,10,20,40 ;;
       # Deliveries/s against the connection count: one room, bursts of 20 × 64 B, one label per count.
       scale)   for n in 5000 10000 15000 19500; do
                  bin/load "${common[@]}" -label "scale-$n" -conns "$n" -n 20 -size 64 -bursts 5 -pause 1s
                done ;;
-      plot)    bin/plot -in $out.jsonl -out results -paced-label paced -scale-prefix scale- ;;
+      plot)    bin/plot -in $out.jsonl -out results -paced-label paced -scale-prefix scale-
+               bin/plot -in $out.jsonl -out results -paced-label paced-19500 -scale-prefix scale- ;;
       *) echo "unknown workload $w" >&2; exit 2 ;;
     esac
   done
