@@ -162,16 +162,9 @@ func pacedPlot(recs []rec, label string, good float64) (string, bool) {
 	if len(last) == 0 {
 		return "", false
 	}
-	byImpl := map[string][]rec{}
-	for _, r := range last {
-		byImpl[r.Impl] = append(byImpl[r.Impl], r)
-	}
-	var names []string
-	for n := range byImpl {
-		names = append(names, n)
-	}
+	names, byImpl := groupByImpl(last)
 	var ss []series
-	for _, n := range implOrder(names) {
+	for _, n := range names {
 		rs := byImpl[n]
 		slices.SortFunc(rs, func(a, b rec) int { return cmpFloat(a.Rate, b.Rate) })
 		s := series{name: n}
@@ -230,16 +223,9 @@ func scalePlot(recs []rec, prefix string) (string, bool) {
 	if len(last) == 0 {
 		return "", false
 	}
-	byImpl := map[string][]rec{}
-	for _, r := range last {
-		byImpl[r.Impl] = append(byImpl[r.Impl], r)
-	}
-	var names []string
-	for n := range byImpl {
-		names = append(names, n)
-	}
+	names, byImpl := groupByImpl(last)
 	var ss []series
-	for _, n := range implOrder(names) {
+	for _, n := range names {
 		rs := byImpl[n]
 		slices.SortFunc(rs, func(a, b rec) int { return a.Conns - b.Conns })
 		s := series{name: n}
@@ -626,4 +612,17 @@ func thousands(v float64) string {
 		out = append(out, s[i])
 	}
 	return string(out)
+}
+
+// groupByImpl groups records by implementation, names in the report's order.
+func groupByImpl[K comparable](last map[K]rec) ([]string, map[string][]rec) {
+	m := map[string][]rec{}
+	for _, r := range last {
+		m[r.Impl] = append(m[r.Impl], r)
+	}
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	return implOrder(names), m
 }
