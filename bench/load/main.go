@@ -391,6 +391,10 @@ type subscriber struct {
 	body   io.ReadCloser // SSE
 	closed atomic.Bool
 	cf     *cfConn // centrifuge: its protocol's connect and pongs; nil for the others
+	// roomcast over WebSocket: frames to see before the connection counts
+	// as dialed: its welcome (sent once its user's subscription is made)
+	// and one "subscribed" per room, so that the probe cannot overtake them.
+	rcReady int
 
 	mu       sync.Mutex
 	next     int // next expected seq in the current burst
@@ -536,6 +540,9 @@ func dialAll(c config, addr string, st *state) ([]*subscriber, int) {
 			if c.impl == "centrifuge" {
 				s.cf = &cfConn{addr: "127.0.0.1:" + port}
 			}
+			if strings.HasPrefix(c.impl, "roomcast") {
+				s.rcReady = 1 + len(q["room"])
+			}
 			var err error
 			if c.transport == "sse" {
 				err = s.dialSSE(src, "127.0.0.1:"+port, q)
@@ -611,6 +618,18 @@ func (s *subscriber) dialWS(src net.IP, addr string, q url.Values) error {
 		if err := s.cf.connectWS(nc, br); err != nil {
 			nc.Close()
 			return err
+		}
+	}
+	for s.rcReady > 0 { // within the handshake's deadline
+		_, p, err := readFrameAlloc(br)
+		if err != nil {
+			nc.Close()
+			return fmt.Errorf("waiting for welcome and subscribed: %w", err)
+		}
+		for _, line := range strings.Split(string(p), "\n") {
+			if strings.Contains(line, `"type":"welcome"`) || strings.Contains(line, `"type":"subscribed"`) {
+				s.rcReady--
+			}
 		}
 	}
 	_ = nc.SetDeadline(time.Time{})
