@@ -82,13 +82,11 @@ func (b *Broker) probe(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusUnauthorized)
 		return
 	}
-	q, err := connQuery(r)
+	q, err := b.connQuery(r)
 	code := ""
 	switch {
 	case err != nil:
 		code = queryErrorCode(err)
-	case len(q["room"]) > b.cfg.maxRooms:
-		code = "too_many_rooms"
 	case q.Get("last_event_id") != "" && b.hist != nil:
 		if _, err := parsePosition(q.Get("last_event_id")); err != nil {
 			code = "invalid_id"
@@ -161,7 +159,7 @@ func (b *Broker) accept(w http.ResponseWriter, r *http.Request, detached bool) (
 		http.Error(w, "session expired", http.StatusUnauthorized)
 		return nil, ErrSessionExpired
 	}
-	q, err := connQuery(r)
+	q, err := b.connQuery(r)
 	if err != nil {
 		code := queryErrorCode(err)
 		b.logRefused(r, code, "a connection with "+err.Error())
@@ -170,12 +168,6 @@ func (b *Broker) accept(w http.ResponseWriter, r *http.Request, detached bool) (
 		return nil, err
 	}
 	rooms := q["room"]
-	if len(rooms) > b.cfg.maxRooms {
-		b.logRefused(r, "rooms", fmt.Sprintf("%d rooms in the query, the limit is %d", len(rooms), b.cfg.maxRooms))
-		w.Header().Set("Roomcast-Error", "too_many_rooms")
-		http.Error(w, ErrTooManyRooms.Error(), http.StatusBadRequest)
-		return nil, ErrTooManyRooms
-	}
 	ctx := context.WithoutCancel(r.Context())
 	if ws {
 		return b.acceptWebSocket(w, r, ctx, user, rooms)
@@ -325,11 +317,11 @@ func presenceRooms(r *http.Request) map[string]bool {
 	return m
 }
 
-// connQuery parses a connection's query, for accept and for the probe
-// alike. Parsed here, not with r.URL.Query(), which drops a query Go's
-// parser refuses (more than 10,000 parameters, a ';') and leaves a
+// connQuery parses and checks a connection's query, for accept and for the
+// probe alike. Parsed here, not with r.URL.Query(), which drops a query
+// Go's parser refuses (more than 10,000 parameters, a ';') and leaves a
 // connection without rooms.
-func connQuery(r *http.Request) (url.Values, error) {
+func (b *Broker) connQuery(r *http.Request) (url.Values, error) {
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidQuery, err)
@@ -337,13 +329,19 @@ func connQuery(r *http.Request) (url.Values, error) {
 	if v := q.Get("protocol"); v != "" && v != strconv.Itoa(wire.Protocol) {
 		return nil, fmt.Errorf("%w %q: this server speaks protocol %d", ErrUnsupportedProtocol, truncate(v), wire.Protocol)
 	}
+	if n := len(q["room"]); n > b.cfg.maxRooms {
+		return nil, fmt.Errorf("%w: %d rooms in the query, the limit is %d", ErrTooManyRooms, n, b.cfg.maxRooms)
+	}
 	return q, nil
 }
 
 // queryErrorCode is the Roomcast-Error code of a connQuery error.
 func queryErrorCode(err error) string {
-	if errors.Is(err, ErrUnsupportedProtocol) {
+	switch {
+	case errors.Is(err, ErrUnsupportedProtocol):
 		return "unsupported_protocol"
+	case errors.Is(err, ErrTooManyRooms):
+		return "too_many_rooms"
 	}
 	return "bad_request"
 }
