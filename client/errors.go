@@ -55,6 +55,11 @@ var (
 	ErrInboxTruncated = &Error{Code: "inbox_truncated", Message: "the inbox was full: older messages may have been dropped"}
 )
 
+// truncatedIn is ErrTruncated about room (errors.Is matches it).
+func truncatedIn(room string) *Error {
+	return &Error{Code: ErrTruncated.Code, Message: ErrTruncated.Message, Room: room}
+}
+
 var (
 	// ErrClosed: the Client was closed.
 	ErrClosed = errors.New("roomcast: client closed")

@@ -1,8 +1,6 @@
 package client
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"net/http"
 	"time"
@@ -78,7 +76,7 @@ func (c *Client) handle(tr transport, f *frame) {
 		}
 	case "truncated":
 		for _, s := range c.subsOf(f.Room) {
-			s.messages.push(Message{}, &Error{Code: "truncated", Message: ErrTruncated.Message, Room: f.Room})
+			s.messages.push(Message{}, truncatedIn(f.Room))
 		}
 	case "presence", "join", "leave":
 		if c.answer(f) {
@@ -125,26 +123,23 @@ func (c *Client) handleError(tr transport, f *frame) {
 	e := f.err()
 	c.mu.Lock()
 	r := c.rooms[f.Room]
-	if r != nil && e.Code == "invalid_id" && len(r.waiters) > 0 { // the caller's last id: Subscribe says so
+	switch {
+	case r != nil && (subscribeRefusal(e.Code) || e.Code == "invalid_id" && len(r.waiters) > 0):
+		// The room is refused: to a Subscribe waiting for it (its own last
+		// id, too, is refused), or on a resubscription; it is no longer ours.
 		c.mu.Unlock()
 		c.dropRoom(f.Room, e)
 		return
-	}
-	if r != nil && e.Code == "invalid_id" && r.lastID != "" { // a position the server cannot use: subscribe afresh
+	case r != nil && e.Code == "invalid_id" && r.lastID != "": // a position the server cannot use: subscribe afresh
 		r.lastID, r.behind = "", false
 		subs, name, presence := r.subs, f.Room, r.presence
 		c.mu.Unlock()
 		for _, s := range subs {
-			s.messages.push(Message{}, &Error{Code: "truncated", Message: ErrTruncated.Message, Room: name})
+			s.messages.push(Message{}, truncatedIn(name))
 		}
 		c.background(func() {
 			_ = c.write(c.ctx, tr, out{Type: "subscribe", Room: name, Presence: presence})
 		})
-		return
-	}
-	if r != nil && len(r.waiters) > 0 && subscribeRefusal(e.Code) {
-		c.mu.Unlock()
-		c.dropRoom(f.Room, e)
 		return
 	}
 	var subs []*Subscription
@@ -152,10 +147,6 @@ func (c *Client) handleError(tr transport, f *frame) {
 		subs = r.subs
 	}
 	c.mu.Unlock()
-	if subscribeRefusal(e.Code) && r != nil { // a resubscription refused: the room is no longer ours
-		c.dropRoom(f.Room, e)
-		return
-	}
 	for _, s := range subs {
 		s.messages.push(Message{}, e)
 	}
@@ -210,20 +201,9 @@ func (c *Client) refresh(expires int64, delay time.Duration) {
 
 func (c *Client) postRefresh(conn string) int {
 	body, _ := json.Marshal(out{Type: "refresh", Conn: conn})
-	ctx, cancel := context.WithTimeout(c.ctx, writeTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url().String(), bytes.NewReader(body))
+	resp, err := postJSON(c.ctx, &c.o, c.url(), body)
 	if err != nil {
 		return 0
 	}
-	for k, v := range c.o.Header {
-		req.Header[k] = v
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.o.HTTPClient.Do(req)
-	if err != nil {
-		return 0
-	}
-	resp.Body.Close()
 	return resp.StatusCode
 }

@@ -76,7 +76,7 @@ func (c *Client) Subscribe(ctx context.Context, name string, opts ...SubscribeOp
 		r.waiters = append(r.waiters, wait)
 	}
 	f := out{Type: "subscribe", Room: name, LastID: r.lastID, Presence: r.presence}
-	tr, anonymousSSE := c.tr, c.tr != nil && c.tr.name() == "sse" && c.user == ""
+	tr, anonymousSSE := c.tr, c.roomsInURL()
 	if send && anonymousSSE {
 		c.rebuild = true // its rooms are in the stream's URL
 	}
@@ -167,8 +167,7 @@ func (s *Subscription) Unsubscribe(ctx context.Context) error {
 		return nil
 	}
 	delete(c.rooms, s.room)
-	tr := c.tr
-	anonymousSSE := tr != nil && tr.name() == "sse" && c.user == ""
+	tr, anonymousSSE := c.tr, c.roomsInURL()
 	if anonymousSSE {
 		c.rebuild = true
 	}
@@ -241,3 +240,8 @@ func (c *Client) ackLater(m InboxMessage) {
 		}
 	})
 }
+
+// roomsInURL reports whether the connection is an anonymous SSE stream: it
+// cannot POST, so its rooms change only with a new stream whose URL names
+// them. c.mu is held.
+func (c *Client) roomsInURL() bool { return c.tr != nil && c.tr.name() == "sse" && c.user == "" }

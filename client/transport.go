@@ -191,13 +191,10 @@ type sse struct {
 
 func dialSSE(ctx context.Context, u, post *url.URL, o *Options, cursor string, lastID *string) (*sse, error) {
 	sctx, cancel := context.WithCancel(ctx)
-	req, err := http.NewRequestWithContext(sctx, http.MethodGet, u.String(), nil)
+	req, err := newRequest(sctx, o, http.MethodGet, u, nil)
 	if err != nil {
 		cancel()
 		return nil, err
-	}
-	for k, v := range o.Header {
-		req.Header[k] = v
 	}
 	req.Header.Set("Accept", "text/event-stream")
 	if cursor != "" {
@@ -292,7 +289,7 @@ func (t *sse) send(ctx context.Context, f []byte) error {
 		return ctx.Err()
 	}
 	defer func() { <-t.posts }()
-	resp, err := t.postFrame(ctx, f)
+	resp, err := postJSON(ctx, t.o, t.post, f)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -300,7 +297,6 @@ func (t *sse) send(ctx context.Context, f []byte) error {
 		t.cancel()
 		return &closed{code: 1006, reason: "POST failed: " + err.Error()}
 	}
-	resp.Body.Close()
 	switch {
 	case resp.StatusCode < 300:
 		return nil
@@ -317,22 +313,35 @@ func (t *sse) send(ctx context.Context, f []byte) error {
 	}
 }
 
-func (t *sse) postFrame(ctx context.Context, f []byte) (*http.Response, error) {
-	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.post.String(), bytes.NewReader(f))
+// newRequest is a request to u with the caller's headers (its session).
+func newRequest(ctx context.Context, o *Options, method string, u *url.URL, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return nil, err
 	}
-	for k, v := range t.o.Header {
-		req.Header[k] = v
+	req.Header = o.Header.Clone()
+	if req.Header == nil {
+		req.Header = http.Header{}
+	}
+	return req, nil
+}
+
+// postJSON POSTs a JSON body to u (a frame, a refresh) within writeTimeout
+// and returns the answer, its body read and closed.
+func postJSON(ctx context.Context, o *Options, u *url.URL, body []byte) (*http.Response, error) {
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	req, err := newRequest(ctx, o, http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := t.o.HTTPClient.Do(req)
+	resp, err := o.HTTPClient.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
 	return resp, nil
 }
 
@@ -354,12 +363,9 @@ func cmpOr(s, def string) string {
 func probe(ctx context.Context, u *url.URL, o *Options) *refusal {
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodHead, u.String(), nil)
+	req, err := newRequest(ctx, o, http.MethodHead, u, nil)
 	if err != nil {
 		return &refusal{}
-	}
-	for k, v := range o.Header {
-		req.Header[k] = v
 	}
 	resp, err := o.HTTPClient.Do(req)
 	if err != nil {
