@@ -137,8 +137,12 @@ func (b *Broker) startInboxes() error {
 func (h *inboxes) cue(user string, seq uint64) {
 	h.mu.Lock()
 	var readers []*inboxReader
-	for u, rs := range h.byUser {
-		if user == "" || u == user {
+	if user != "" {
+		for r := range h.byUser[user] {
+			readers = append(readers, r)
+		}
+	} else {
+		for _, rs := range h.byUser {
 			for r := range rs {
 				readers = append(readers, r)
 			}
