@@ -94,23 +94,17 @@ func (c *Client) connect() (transport, error) {
 // catching up from a caller's last id (what is delivered twice is dropped
 // by handle).
 func (c *Client) dialSSE(base *url.URL) (transport, error) {
-	q := url.Values{"protocol": {"1"}}
 	c.mu.Lock()
-	rooms := map[string]bool{}
+	rooms := c.roomSet()
 	cursor := c.lastID
-	for name, r := range c.rooms {
-		q.Add("room", name)
-		if r.presence {
-			q.Add("presence", name)
-		}
-		rooms[name] = r.presence
+	for _, r := range c.rooms {
 		if r.behind && isPosition(r.lastID) && (!isPosition(cursor) || positionLess(r.lastID, cursor)) {
 			cursor = r.lastID
 		}
 	}
 	c.rebuild = false
 	c.mu.Unlock()
-	t, err := dialSSE(c.ctx, withQuery(base, q), base, &c.o, cursor, &c.lastID)
+	t, err := dialSSE(c.ctx, withQuery(base, sseQuery(rooms)), base, &c.o, cursor, &c.lastID)
 	if err != nil {
 		return nil, err
 	}
@@ -137,11 +131,7 @@ func (c *Client) welcome(tr transport) error {
 	var resubscribe []out
 	if s, ok := tr.(*sse); ok {
 		s.conn = f.Conn
-		current := map[string]bool{}
-		for name, r := range c.rooms {
-			current[name] = r.presence
-		}
-		if !maps.Equal(current, s.rooms) {
+		if !maps.Equal(c.roomSet(), s.rooms) {
 			c.rebuild = true // serve replaces the stream at once
 		}
 	} else {
@@ -264,14 +254,33 @@ func (c *Client) refused(err error) *closed {
 
 func (c *Client) transportMode() Transport { c.mu.Lock(); defer c.mu.Unlock(); return c.mode }
 
+// sseURLForProbe is the stream's URL, for the HEAD probe: the same query.
 func (c *Client) sseURLForProbe() *url.URL {
-	q := url.Values{"protocol": {"1"}}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for name := range c.rooms {
-		q.Add("room", name)
+	return withQuery(c.urls[c.base], sseQuery(c.roomSet()))
+}
+
+// roomSet is the client's rooms and whether each wants presence: what an
+// SSE stream's URL names. c.mu is held.
+func (c *Client) roomSet() map[string]bool {
+	rooms := make(map[string]bool, len(c.rooms))
+	for name, r := range c.rooms {
+		rooms[name] = r.presence
 	}
-	return withQuery(c.urls[c.base], q)
+	return rooms
+}
+
+// sseQuery is the query of a stream for rooms (PROTOCOL.md §1).
+func sseQuery(rooms map[string]bool) url.Values {
+	q := url.Values{"protocol": {"1"}}
+	for name, presence := range rooms {
+		q.Add("room", name)
+		if presence {
+			q.Add("presence", name)
+		}
+	}
+	return q
 }
 
 func (c *Client) allSubs() []*Subscription {
