@@ -28,6 +28,11 @@ func engineOnNATS(t *testing.T, direct func(string, *wire.Frame)) (*Engine, *nat
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As the broker does after New: the direct subscription is on the
+	// server before anything is published to it.
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 	e.Start()
 	t.Cleanup(e.Stop)
 	return e, testkit.Connect(t, srv), srv
