@@ -44,7 +44,8 @@ const MaxHistoryLimit = 1000
 
 // PublishAck is Publish reporting the message's id. For a room with
 // history it returns once the message is stored, so an HTTP handler can
-// tell its caller the message is durable.
+// tell its caller the message is durable. It paces like Publish: a bare
+// ctx error from the pacing wait means nothing was stored.
 //
 // What an acknowledgement survives depends on the store:
 //
@@ -115,6 +116,9 @@ func (b *Broker) publishRoom(ctx context.Context, room, from, msgID string, data
 	}
 	data, err := b.checkData(data)
 	if err != nil {
+		return Ack{}, err
+	}
+	if err := b.fan.Admit(ctx); err != nil {
 		return Ack{}, err
 	}
 	if msgID == "" {

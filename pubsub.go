@@ -252,12 +252,23 @@ func (b *Broker) natsError(_ *nats.Conn, sub *nats.Subscription, err error) {
 // returns once the message is stored, and clients that reconnect get it.
 // PublishAck also reports the message's id; see it for retries, and
 // PublishOnce for a publish that is safe to repeat.
+//
+// Pacing: Publish, PublishAck, PublishOnce, SendToUser, SendToConn and the
+// publishes of clients wait while 16,384 or more messages are waiting for
+// this instance's fan-out, until fewer are, so that a loop of publishes goes
+// at the pace the instance delivers instead of overflowing it (NATS drops
+// what an instance cannot take in). The wait lasts at most 5 s and at most
+// half of what is left of ctx's deadline; then the message is published
+// anyway. A ctx canceled during the wait ends it with ctx's error, and then
+// nothing was published or stored. Conn.Send queues locally and never waits.
 func (b *Broker) Publish(ctx context.Context, room string, data []byte) error {
 	_, err := b.PublishAck(ctx, room, data)
 	return err
 }
 
 // SendToUser sends data to every connection of user, on every instance.
+// It returns once NATS has the message (delivery is at most once), after
+// the pacing wait Publish describes when this instance's fan-out is behind.
 func (b *Broker) SendToUser(ctx context.Context, user string, data []byte) error {
 	if err := subject.ValidUser(user); err != nil {
 		return fmt.Errorf("%w %q: %v", ErrInvalidUser, truncate(user), err)
@@ -271,7 +282,8 @@ func (b *Broker) SendToUser(ctx context.Context, user string, data []byte) error
 
 // SendToConn sends data to the one connection with id connID (see Conn.ID
 // and the "welcome" frame), whichever instance holds it. Like every send it
-// is fire-and-forget: a connection that has gone away is not reported.
+// is fire-and-forget: a connection that has gone away is not reported. It
+// paces like Publish.
 func (b *Broker) SendToConn(ctx context.Context, connID string, data []byte) error {
 	if _, _, err := subject.ParseConnID(connID); err != nil {
 		return fmt.Errorf("%w %q", ErrInvalidConnID, truncate(connID))
@@ -290,6 +302,9 @@ func (b *Broker) send(ctx context.Context, subj, from string, data []byte) (stri
 	}
 	data, err := b.checkData(data)
 	if err != nil {
+		return "", err
+	}
+	if err := b.fan.Admit(ctx); err != nil {
 		return "", err
 	}
 	id := b.nextMessageID()

@@ -85,6 +85,7 @@ func (s session) Publish(room, key string, data []byte) (string, error) {
 	switch {
 	case err == nil:
 		c.b.stats.Published(true)
+	case c.ctx.Err() != nil: // the connection is closing: nothing to report
 	case protocol.Code(err) == protocol.Internal:
 		c.b.log.Error("pubsub: client publish", "room", room, "err", err)
 	}

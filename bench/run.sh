@@ -4,7 +4,7 @@
 # run, on loopback. Results: results/latest.jsonl (one JSON line per run) and
 # results/latest.txt (the tables). See BENCHMARKS.md.
 #
-#   bench/run.sh            # all workloads (about 10 minutes on 2 cores)
+#   bench/run.sh            # all workloads (about 30 minutes on 2 cores)
 #   bench/run.sh A C        # only some
 #   bench/run.sh cluster    # 3-instance roomcast cluster, 45,000 connections (~3 minutes; not in the default list)
 #   bench/run.sh paced      # latency at equal paced rates, 10,000 subscribers in 100 rooms (up to ~10 minutes; opt-in)
@@ -18,7 +18,7 @@ go build -o bin/server ./server
 go build -o bin/load ./load
 go build -o bin/plot ./plot
 out=results/latest
-if [ $# -eq 0 ]; then set -- A A-sse B C D-rooms D-users; : > $out.jsonl; : > $out.txt; fi
+if [ $# -eq 0 ]; then set -- A A-sse B C D-rooms D-users D-users-10 D-tabs; : > $out.jsonl; : > $out.txt; fi
 {
   echo "# $(date -u +%FT%TZ) $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(go version | cut -d' ' -f3), $(uname -r)"
   for w in "$@"; do
@@ -30,6 +30,11 @@ if [ $# -eq 0 ]; then set -- A A-sse B C D-rooms D-users; : > $out.jsonl; : > $o
       C)       bin/load "${common[@]}" -conns 1000 -n 100 -interval 100ms -size 64 -bursts 1 ;;
       D-rooms) bin/load "${common[@]}" -conns 10000 -rooms 1000 -n 20000 -size 64 -bursts 3 ;;
       D-users) bin/load "${common[@]}" -conns 10000 -users 10000 -target user -n 20000 -size 64 -bursts 3 ;;
+      # Per user with more to say: 10 messages to each of 10,000 users per burst, and 1,000 users
+      # with 10 connections (tabs, devices) each and 20 messages each. Not melody: at its 180
+      # deliveries/s in D-users one burst would take minutes.
+      D-users-10) bin/load "${common[@]}" -impls roomcast,centrifuge,gorilla -conns 10000 -users 10000 -target user -n 100000 -size 64 -bursts 3 ;;
+      D-tabs)  bin/load "${common[@]}" -impls roomcast,centrifuge,gorilla -conns 10000 -users 1000 -target user -n 20000 -size 64 -bursts 3 ;;
       # 15,000 connections per instance, each instance and its subscribers in their own processes;
       # single-instance baseline, then the 3-node cluster, twice (paired ratios: the machine is noisy).
       cluster) bin/load "${common[@]}" -instances 1,3,1,3 -conns 15000 -n 20 -size 64 -bursts 5 -pause 1s ;;

@@ -155,13 +155,19 @@ type Engine struct {
 
 	writers *Writers
 
-	taken atomic.Int64 // messages the dispatcher took from the inbox and has not fanned out yet
+	taken       atomic.Int64 // messages the dispatcher took from the inbox and has not fanned out yet
+	dispatching atomic.Bool  // the dispatcher runs: a backlog in its inbox will be taken
+	admit       admission    // publishers waiting for the dispatcher to catch up
 
 	stop    chan struct{}
 	done    chan struct{}
 	started bool
 	stopped sync.Once
 }
+
+// backlog is how many messages waiting in the inbox make the dispatcher
+// behind: the writer pool then shrinks (see Writers).
+const backlog = 32
 
 // inboxSize bounds the messages received from NATS and not yet fanned out.
 // Fan-out only enqueues (tens of nanoseconds per connection), so this is a
@@ -183,6 +189,7 @@ func New(cfg Config) (*Engine, error) {
 		prefix:  len(cfg.DirectSubject) - 1,
 		writers: NewWriters(),
 	}
+	e.writers.behind = func() bool { return e.dispatching.Load() && len(e.inbox) >= backlog }
 	var err error
 	// Every connection-targeted message for this instance arrives on one
 	// subscription; the connection is found by the subject's last token.
@@ -198,6 +205,7 @@ func (e *Engine) Writers() *Writers { return e.writers }
 // Start runs the dispatcher until Stop.
 func (e *Engine) Start() {
 	e.started = true
+	e.dispatching.Store(true)
 	go e.dispatch()
 }
 
@@ -311,6 +319,9 @@ const (
 // ends the run before it.
 func (e *Engine) dispatch() {
 	defer close(e.done)
+	defer e.writers.Resume() // what it held back, now that nothing will take the inbox
+	defer e.admitted(true)
+	defer e.dispatching.Store(false)
 	var (
 		slow     []Member
 		batch    []*nats.Msg
@@ -359,6 +370,10 @@ func (e *Engine) dispatch() {
 		flush()
 		runT = nil
 		e.taken.Store(0)
+		if len(e.inbox) < backlog {
+			e.writers.Resume()
+		}
+		e.admitted(false)
 	}
 }
 

@@ -129,3 +129,88 @@ func waitGoroutines(t *testing.T, n int) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// While the dispatcher is behind, the pool shrinks to behindMax workers,
+// so that the dispatcher gets the CPU to catch up: workers beyond it end
+// after their batch, none starts beyond it. When it has caught up (Resume)
+// the pool grows back to max for the queues waiting, and every frame is
+// written in order.
+func TestWritersYieldToABehindDispatcher(t *testing.T) {
+	var behind atomic.Bool
+	w := &Writers{max: 4, behindMax: 1, slow: time.Minute, behind: behind.Load}
+	var in, peak atomic.Int32
+	const queues = 40
+	qs := make([]*Queue, queues)
+	sinks := make([]*countingSink, queues)
+	for i := range qs {
+		sinks[i] = &countingSink{in: &in, peak: &peak, hold: 2 * time.Millisecond}
+		qs[i] = new(Queue)
+		qs[i].Init(1024, 1<<20, sinks[i], nil, w)
+	}
+	before := runtime.NumGoroutine()
+	writes := func() (n int) {
+		for _, s := range sinks {
+			s.mu.Lock()
+			n += len(s.batches)
+			s.mu.Unlock()
+		}
+		return n
+	}
+	waitWrites := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for writes() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d writes, want %d", writes(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+
+	// Not behind: the pool grows to max; then the dispatcher falls behind
+	// and the workers beyond behindMax end after their batch.
+	for _, q := range qs {
+		q.Enqueue(&wire.Frame{JSON: []byte("a")})
+	}
+	waitWrites(4)
+	if p := peak.Load(); p < 2 {
+		t.Fatalf("%d writes at once with the dispatcher keeping up, want up to 4", p)
+	}
+	behind.Store(true)
+	waitWrites(12) // every worker has asked for its next queue since
+	peak.Store(in.Load())
+	waitWrites(20)
+	if p := peak.Load(); p != 1 {
+		t.Fatalf("%d writes at once while the dispatcher is behind, want 1", p)
+	}
+	if !w.held.Load() {
+		t.Fatal("workers were held back, and Resume is not told")
+	}
+
+	// Caught up: Resume starts workers for the queues still waiting, with
+	// nothing new enqueued.
+	behind.Store(false)
+	peak.Store(0)
+	w.Resume()
+	waitWrites(queues)
+	if p := peak.Load(); p < 2 {
+		t.Errorf("%d writes at once after Resume, want up to 4", p)
+	}
+
+	for _, q := range qs {
+		q.Enqueue(&wire.Frame{JSON: []byte("b")})
+	}
+	for i, q := range qs {
+		q.Close(true)
+		q.Wait()
+		if got, ended := sinks[i].written(); !ended || got != "a b" {
+			t.Fatalf("queue %d wrote %q ended %v", i, got, ended)
+		}
+	}
+	waitGoroutines(t, before)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.active != 0 {
+		t.Fatalf("%d workers counted active after all ended", w.active)
+	}
+}
