@@ -157,6 +157,7 @@ type Engine struct {
 
 	taken       atomic.Int64 // messages the dispatcher took from the inbox and has not fanned out yet
 	dispatching atomic.Bool  // the dispatcher runs: a backlog in its inbox will be taken
+	behind      atomic.Bool  // the dispatcher has a backlog: the writer pool is shrunk
 	admit       admission    // publishers waiting for the dispatcher to catch up
 
 	stop    chan struct{}
@@ -165,9 +166,14 @@ type Engine struct {
 	stopped sync.Once
 }
 
-// backlog is how many messages waiting in the inbox make the dispatcher
-// behind: the writer pool then shrinks (see Writers).
-const backlog = 32
+// The dispatcher is behind from when backlogHigh messages still wait after
+// it took a batch (a full batch's worth) until fewer than backlogLow do:
+// the writer pool is shrunk meanwhile (see Writers). Two bounds, so that the
+// pool does not shrink and grow back at every batch of a steady stream.
+const (
+	backlogHigh = maxBatch
+	backlogLow  = 32
+)
 
 // inboxSize bounds the messages received from NATS and not yet fanned out.
 // Fan-out only enqueues (tens of nanoseconds per connection), so this is a
@@ -189,7 +195,7 @@ func New(cfg Config) (*Engine, error) {
 		prefix:  len(cfg.DirectSubject) - 1,
 		writers: NewWriters(),
 	}
-	e.writers.behind = func() bool { return e.dispatching.Load() && len(e.inbox) >= backlog }
+	e.writers.behind = e.behind.Load
 	var err error
 	// Every connection-targeted message for this instance arrives on one
 	// subscription; the connection is found by the subject's last token.
@@ -320,6 +326,7 @@ const (
 func (e *Engine) dispatch() {
 	defer close(e.done)
 	defer e.writers.Resume() // what it held back, now that nothing will take the inbox
+	defer e.behind.Store(false)
 	defer e.admitted(true)
 	defer e.dispatching.Store(false)
 	var (
@@ -354,6 +361,9 @@ func (e *Engine) dispatch() {
 			}
 		}
 		e.taken.Store(int64(len(batch)))
+		if len(e.inbox) >= backlogHigh && !e.behind.Load() {
+			e.behind.Store(true)
+		}
 		for i, m := range batch {
 			batch[i] = nil
 			t, f := e.prepare(m, flush, &slow)
@@ -370,7 +380,10 @@ func (e *Engine) dispatch() {
 		flush()
 		runT = nil
 		e.taken.Store(0)
-		if len(e.inbox) < backlog {
+		if len(e.inbox) < backlogLow {
+			if e.behind.Load() {
+				e.behind.Store(false)
+			}
 			e.writers.Resume()
 		}
 		e.admitted(false)
