@@ -257,9 +257,10 @@ func (b *Broker) natsError(_ *nats.Conn, sub *nats.Subscription, err error) {
 // publishes of clients wait while 16,384 or more messages are waiting for
 // this instance's fan-out, until fewer are, so that a loop of publishes goes
 // at the pace the instance delivers instead of overflowing it (NATS drops
-// what an instance cannot take in). The wait lasts at most 5 s and at most
-// half of what is left of ctx's deadline; then the message is published
-// anyway. A ctx canceled during the wait ends it with ctx's error, and then
+// what an instance cannot take in); every 16,384th also waits for NATS to
+// hand this instance what it still holds for it (a flush). The wait lasts at
+// most 5 s and at most half of what is left of ctx's deadline; then the
+// message is published anyway. A ctx canceled during the wait ends it with ctx's error, and then
 // nothing was published or stored. Conn.Send queues locally and never waits.
 func (b *Broker) Publish(ctx context.Context, room string, data []byte) error {
 	_, err := b.PublishAck(ctx, room, data)

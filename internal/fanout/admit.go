@@ -24,10 +24,14 @@ import (
 // connection, where nothing counts them (measured: one run in about a dozen
 // of 100,000 sends still lost 278, with the inbox under admitHigh when each
 // was admitted). So every admitFlushEvery admissions, the publisher that
-// reaches the count also flushes the connection: NATS answers the flush
-// behind everything it queued for this connection, so it returns once those
-// messages are in the inbox, and what is on its way stays under
-// admitFlushEvery per publisher.
+// reaches the count also flushes the connection: the broker publishes on
+// the connection the engine subscribes with, and NATS answers the flush
+// behind everything it queued for it, so the flush returns once those
+// messages are in the inbox. A loop of publishes can then be at most
+// admitFlushEvery ahead of what the inbox counts; other publishers keep
+// going during one's flush, and each is caught by a later one. (Stored
+// publishes reach the inbox through the store's republish, which the flush
+// does not wait for; their acknowledgement paces them.)
 const (
 	admitHigh       = inboxSize / 4 // a publisher waits while this many are waiting
 	admitFlushEvery = 16384
@@ -68,8 +72,9 @@ func (e *Engine) Admit(ctx context.Context) error {
 	if dl, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(dl)/2)
 	}
+	until := time.Now().Add(wait)        // the flush and the wait share it
 	if flush && e.cfg.NC.IsConnected() { // reconnecting: NATS buffers the publishes, nothing to wait for
-		fctx, cancel := context.WithTimeout(ctx, wait)
+		fctx, cancel := context.WithDeadline(ctx, until)
 		err := e.cfg.NC.FlushWithContext(fctx)
 		cancel()
 		if ctx.Err() == context.Canceled {
@@ -90,7 +95,11 @@ func (e *Engine) Admit(ctx context.Context) error {
 	a.mu.Unlock()
 	// The dispatcher looks at waiting after each batch; one that drained the
 	// inbox before it could see it is caught by the recheck.
-	give := time.NewTimer(wait)
+	left := time.Until(until)
+	if left <= 0 {
+		return nil
+	}
+	give := time.NewTimer(left)
 	defer give.Stop()
 	recheck := time.NewTicker(admitRecheck)
 	defer recheck.Stop()

@@ -380,10 +380,8 @@ func (e *Engine) dispatch() {
 		flush()
 		runT = nil
 		e.taken.Store(0)
-		if len(e.inbox) < backlogLow {
-			if e.behind.Load() {
-				e.behind.Store(false)
-			}
+		if len(e.inbox) < backlogLow && e.behind.Load() {
+			e.behind.Store(false)
 			e.writers.Resume()
 		}
 		e.admitted(false)

@@ -93,13 +93,15 @@ func (w *Writers) limit() int {
 }
 
 // Resume starts the workers that limit held back, one per waiting queue up
-// to max: the dispatcher calls it when it has caught up. It costs one
-// atomic load when nothing was held back.
+// to max: the dispatcher calls it when it is no longer behind. It takes the
+// pool's lock, so a worker that saw the dispatcher behind just before has
+// either marked the pool held by then or will see it caught up.
 func (w *Writers) Resume() {
+	w.mu.Lock()
 	if !w.held.Load() {
+		w.mu.Unlock()
 		return
 	}
-	w.mu.Lock()
 	w.held.Store(false)
 	n := min(w.max-w.active, len(w.ready)-w.head)
 	if n > 0 {
