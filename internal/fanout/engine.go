@@ -380,11 +380,19 @@ func (e *Engine) dispatch() {
 		flush()
 		runT = nil
 		e.taken.Store(0)
-		if len(e.inbox) < backlogLow && e.behind.Load() {
-			e.behind.Store(false)
-			e.writers.Resume()
+		if len(e.inbox) < backlogLow {
+			e.caughtUp()
 		}
 		e.admitted(false)
+	}
+}
+
+// caughtUp ends the dispatcher's being behind, and gives the writers back
+// the CPU it was taking.
+func (e *Engine) caughtUp() {
+	if e.behind.Load() {
+		e.behind.Store(false)
+		e.writers.Resume()
 	}
 }
 
@@ -427,6 +435,7 @@ func (e *Engine) prepare(m *nats.Msg, flush func(), slow *[]Member) (*Topic, *wi
 		seq, _ := strconv.ParseUint(env.ID, 10, 64)
 		if t.lastSeq != 0 && prev > t.lastSeq {
 			flush()
+			e.caughtUp() // it waits for the store: the writers can have the CPU meanwhile
 			*slow = e.repair(t, prev, *slow)
 		}
 		if _, dup := t.repaired[seq]; dup {

@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -192,5 +193,66 @@ func TestClosedEngineRefuses(t *testing.T) {
 	e.Close()
 	if _, err := e.Acquire(wire.KindRoom, "lobby", "t.room.lobby"); err != ErrClosed {
 		t.Fatalf("Acquire on a closing engine: %v", err)
+	}
+}
+
+// slowMember takes a while to take each frame, as a fan-out to many
+// members would: a backlog drains over tens of milliseconds.
+type slowMember struct{ recorder }
+
+func (m *slowMember) Deliver(t *Topic, f *wire.Frame) bool {
+	time.Sleep(20 * time.Microsecond)
+	return m.recorder.Deliver(t, f)
+}
+
+// The dispatcher is behind (the writer pool shrunk) while a full batch's
+// worth still waits after it took one, and no longer once it has drained
+// the backlog; every message is delivered, in order.
+func TestDispatcherBehindWhileABacklogDrains(t *testing.T) {
+	e, pub, _ := engineOnNATS(t, nil)
+	top, err := e.Acquire(wire.KindRoom, "r", "t.room.r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Release(top)
+	m := &blocker{entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	slow := &slowMember{}
+	join(top, m)
+	join(top, slow)
+	publish(t, pub, "t.room.r", "0")
+	<-m.entered
+	const n = 1000
+	for i := 1; i <= n; i++ {
+		publish(t, pub, "t.room.r", fmt.Sprint(i))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(e.inbox) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("inbox at %d, want %d", len(e.inbox), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if e.behind.Load() {
+		t.Fatal("behind before the dispatcher took a batch from the backlog")
+	}
+	sawBehind := make(chan bool, 1)
+	go func() {
+		saw := false
+		for !e.Dispatched("t.room.r", n+1) {
+			saw = saw || e.behind.Load()
+			time.Sleep(100 * time.Microsecond)
+		}
+		sawBehind <- saw
+	}()
+	close(m.gate)
+	if !<-sawBehind {
+		t.Error("the dispatcher was never behind while 1,000 messages drained")
+	}
+	if e.behind.Load() {
+		t.Error("still behind after the backlog drained")
+	}
+	got := strings.Split(slow.seen(), ",")
+	if len(got) != n+1 || got[0] != "r:0" || got[n] != fmt.Sprintf("r:%d", n) {
+		t.Fatalf("%d delivered (first %q), want %d in order", len(got), got[0], n+1)
 	}
 }
