@@ -155,10 +155,10 @@ type Engine struct {
 
 	writers *Writers
 
-	taken       atomic.Int64 // messages the dispatcher took from the inbox and has not fanned out yet
-	dispatching atomic.Bool  // the dispatcher runs: a backlog in its inbox will be taken
-	behind      atomic.Bool  // the dispatcher has a backlog: the writer pool is shrunk
-	admit       admission    // publishers waiting for the dispatcher to catch up
+	taken       atomic.Bool // the dispatcher holds messages it took from the inbox and has not fanned out yet
+	dispatching atomic.Bool // the dispatcher runs: a backlog in its inbox will be taken
+	behind      atomic.Bool // the dispatcher has a backlog: the writer pool is shrunk
+	admit       admission   // publishers waiting for the dispatcher to catch up
 
 	stop    chan struct{}
 	done    chan struct{}
@@ -317,7 +317,7 @@ const (
 )
 
 // dispatch fans every message from NATS out to local members. It takes
-// every message waiting (up to maxRun) and fans consecutive messages of one
+// every message waiting (up to maxBatch) and fans consecutive messages of one
 // topic out together: each member gets the whole run queued at once, so its
 // writer finds it complete and writes it with one system call, and the
 // topic's members are walked once per run instead of once per message.
@@ -346,7 +346,7 @@ func (e *Engine) dispatch() {
 	for {
 		select {
 		case m := <-e.inbox:
-			e.taken.Store(1)
+			e.taken.Store(true)
 			batch = append(batch[:0], m)
 		case <-e.stop:
 			return
@@ -360,7 +360,6 @@ func (e *Engine) dispatch() {
 				break fill
 			}
 		}
-		e.taken.Store(int64(len(batch)))
 		if len(e.inbox) >= backlogHigh && !e.behind.Load() {
 			e.behind.Store(true)
 		}
@@ -379,7 +378,7 @@ func (e *Engine) dispatch() {
 		}
 		flush()
 		runT = nil
-		e.taken.Store(0)
+		e.taken.Store(false)
 		if len(e.inbox) < backlogLow {
 			e.caughtUp()
 		}
@@ -469,5 +468,5 @@ func (e *Engine) Dispatched(subj string, n int) bool {
 		return false
 	}
 	got, _ := t.sub.Delivered()
-	return got >= int64(n) && len(e.inbox) == 0 && e.taken.Load() == 0
+	return got >= int64(n) && len(e.inbox) == 0 && !e.taken.Load()
 }

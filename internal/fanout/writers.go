@@ -3,7 +3,6 @@ package fanout
 import (
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -39,7 +38,6 @@ type Writers struct {
 	behindMax int           // the same while the dispatcher is behind
 	slow      time.Duration // a write longer than this is stuck (slowWrite)
 	behind    func() bool   // the dispatcher has a backlog (nil: never)
-	held      atomic.Bool   // behind kept a worker from starting or made one end: Resume has work
 
 	mu     sync.Mutex
 	ready  []*Queue // FIFO: ready[head:]
@@ -80,29 +78,20 @@ func (w *Writers) start(q *Queue) {
 }
 
 // limit is how many workers may be active: behindMax while the dispatcher
-// is behind, max otherwise; below max it marks the pool held, for Resume.
-// Called with mu held.
+// is behind, max otherwise. Called with mu held.
 func (w *Writers) limit() int {
 	if w.behindMax < w.max && w.behind != nil && w.behind() {
-		if w.active >= w.behindMax {
-			w.held.Store(true)
-		}
 		return w.behindMax
 	}
 	return w.max
 }
 
-// Resume starts the workers that limit held back, one per waiting queue up
-// to max: the dispatcher calls it when it is no longer behind. It takes the
-// pool's lock, so a worker that saw the dispatcher behind just before has
-// either marked the pool held by then or will see it caught up.
+// Resume starts workers for the queues waiting, up to max: the dispatcher
+// calls it when it is no longer behind, so that the workers limit held back
+// come back. It takes the pool's lock, so a worker that saw the dispatcher
+// behind just before has ended by then or will see it caught up.
 func (w *Writers) Resume() {
 	w.mu.Lock()
-	if !w.held.Load() {
-		w.mu.Unlock()
-		return
-	}
-	w.held.Store(false)
 	n := min(w.max-w.active, len(w.ready)-w.head)
 	if n > 0 {
 		w.active += n

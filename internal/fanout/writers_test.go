@@ -183,8 +183,11 @@ func TestWritersYieldToABehindDispatcher(t *testing.T) {
 	if p := peak.Load(); p != 1 {
 		t.Fatalf("%d writes at once while the dispatcher is behind, want 1", p)
 	}
-	if !w.held.Load() {
-		t.Fatal("workers were held back, and Resume is not told")
+	w.mu.Lock()
+	active := w.active
+	w.mu.Unlock()
+	if active != 1 {
+		t.Fatalf("%d workers active while the dispatcher is behind, want 1", active)
 	}
 
 	// Caught up: Resume starts workers for the queues still waiting, with
